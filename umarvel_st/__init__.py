@@ -1,0 +1,8 @@
+"""umarvel-st: U-MARVEL universal multimodal retrieval embedders on sentence-transformers."""
+
+from __future__ import annotations
+
+from .model import from_mllm
+
+__all__ = ["from_mllm"]
+__version__ = "0.1.0"
