@@ -193,7 +193,7 @@ class UMarvelTransformer(Transformer):
             Whether any item was changed.
         """
         changed = False
-        for index, (item, length) in enumerate(zip(items, features["attention_mask"].sum(-1).tolist())):
+        for index, (item, length) in enumerate(zip(items, features["attention_mask"].sum(-1).tolist(), strict=True)):
             excess = length - max_length
             if excess <= 0:
                 continue
