@@ -201,7 +201,7 @@ class UMarvelTransformer(Transformer):
             keep = len(text_ids) - excess - 1  # one spare token for the period `format` may append
             if keep <= 0:
                 raise ValueError(
-                    f"Item {index}: the image and prompt template alone take {length - len(text_ids)} tokens, "
+                    f"Batch item {index}: the image and prompt template alone take {length - len(text_ids)} tokens, "
                     f"more than max_seq_length={max_length}. Lower max_pixels or raise max_seq_length."
                 )
             item.text = self.tokenizer.decode(text_ids[:keep])

@@ -111,24 +111,26 @@ def _open_image(value: Any, index: int) -> Image.Image:
         image = value
     elif isinstance(value, (str, os.PathLike)):
         if not os.path.isfile(value):
-            raise ValueError(f"Item {index}: image file {os.fspath(value)!r} does not exist. Pass an existing path.")
+            raise ValueError(
+                f"Batch item {index}: image file {os.fspath(value)!r} does not exist. Pass an existing path."
+            )
         try:
             image = Image.open(value)
             image.load()
         except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"Item {index}: cannot decode image file {os.fspath(value)!r}: {error}") from error
+            raise ValueError(f"Batch item {index}: cannot decode image file {os.fspath(value)!r}: {error}") from error
     elif isinstance(value, (bytes, bytearray)):
         try:
             image = Image.open(io.BytesIO(value))
             image.load()
         except (UnidentifiedImageError, OSError) as error:
-            raise ValueError(f"Item {index}: cannot decode {len(value)} image bytes: {error}") from error
+            raise ValueError(f"Batch item {index}: cannot decode {len(value)} image bytes: {error}") from error
     else:
         raise TypeError(
-            f"Item {index}: an image must be a PIL.Image.Image, a file path or bytes, got {type(value).__name__}."
+            f"Batch item {index}: an image must be a PIL.Image.Image, a file path or bytes, got {type(value).__name__}."
         )
     if image.width == 0 or image.height == 0:
-        raise ValueError(f"Item {index}: the image has no pixels ({image.width}x{image.height}).")
+        raise ValueError(f"Batch item {index}: the image has no pixels ({image.width}x{image.height}).")
     return image
 
 
@@ -137,6 +139,9 @@ def normalize_item(value: Any, index: int) -> Item:
 
     Accepted: ``str`` (text), ``PIL.Image.Image``, a list of PIL images (video frames), or a dict with keys
     among ``text``, ``image`` (PIL image, path or bytes), ``video`` (list of frames) and ``instruction``.
+
+    ``index`` is the item's position in the batch being preprocessed (``encode`` sorts inputs by length before
+    batching), so errors also name the offending value.
 
     Raises:
         TypeError: For an unsupported type, naming the index and what was received.
@@ -152,18 +157,20 @@ def normalize_item(value: Any, index: int) -> Item:
         unknown = set(value) - ITEM_KEYS
         if unknown:
             raise ValueError(
-                f"Item {index}: unknown keys {sorted(unknown)}; an item dict may have {sorted(ITEM_KEYS)}."
+                f"Batch item {index}: unknown keys {sorted(unknown)}; an item dict may have {sorted(ITEM_KEYS)}."
             )
         text = value.get("text")
         if text is not None and not isinstance(text, str):
-            raise TypeError(f"Item {index}: 'text' must be a string or None, got {type(text).__name__}.")
+            raise TypeError(f"Batch item {index}: 'text' must be a string or None, got {type(text).__name__}.")
         instruction = value.get("instruction")
         if instruction is not None and not isinstance(instruction, str):
-            raise TypeError(f"Item {index}: 'instruction' must be a string or None, got {type(instruction).__name__}.")
+            raise TypeError(
+                f"Batch item {index}: 'instruction' must be a string or None, got {type(instruction).__name__}."
+            )
         image = value.get("image")
         video = value.get("video")
         if image is not None and video is not None:
-            raise ValueError(f"Item {index}: give either 'image' or 'video', not both.")
+            raise ValueError(f"Batch item {index}: give either 'image' or 'video', not both.")
         item = Item(
             text=text or "",
             image=None if image is None else _open_image(image, index),
@@ -172,12 +179,12 @@ def normalize_item(value: Any, index: int) -> Item:
         )
     else:
         raise TypeError(
-            f"Item {index}: unsupported input {_describe(value)} of type {type(value).__name__}. Pass a str, a "
+            f"Batch item {index}: unsupported input {_describe(value)} of type {type(value).__name__}. Pass a str, a "
             "PIL.Image.Image, a list of PIL images (video frames), or a dict with 'text' / 'image' / 'instruction'."
         )
     if not item.has_visual and not item.text.strip():
         raise ValueError(
-            f"Item {index}: nothing to embed (no image and empty text {_describe(item.text)}). "
+            f"Batch item {index}: nothing to embed (no image and empty text {_describe(item.text)}). "
             "Give some text or an image."
         )
     return item
