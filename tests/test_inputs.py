@@ -20,7 +20,7 @@ from umarvel_st.modeling.inputs import (
     user_text,
 )
 
-CHECKPOINT = str(Path(__file__).parent / "data" / "refparity_qwen2vl" / "tiny-umarvel-qwen2vl")
+CHECKPOINT = str(Path(umarvel_st.__file__).parent / "assets" / "tiny-umarvel-qwen2vl")
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,8 @@ from PIL import Image
 import umarvel_st
 
 DATA = Path(__file__).parent / "data" / "refparity_qwen2vl"
-CHECKPOINT = str(DATA / "tiny-umarvel-qwen2vl")
+ASSETS = Path(umarvel_st.__file__).parent / "assets"
+CHECKPOINT = str(ASSETS / "tiny-umarvel-qwen2vl")
 TOL = 1e-5
 
 
@@ -29,10 +30,10 @@ def reference():
     for entry in inputs["items"]:
         raw = entry["raw_record"]
         if entry["role"] == "candidate":
-            item = {"text": raw["txt"], "image": str(DATA / raw["img_path"]) if raw["img_path"] else None}
+            item = {"text": raw["txt"], "image": str(ASSETS / raw["img_path"]) if raw["img_path"] else None}
         else:
             image = raw["query_img_path"]
-            item = {"text": raw["query_txt"], "image": str(DATA / image) if image else None}
+            item = {"text": raw["query_txt"], "image": str(ASSETS / image) if image else None}
             item["instruction"] = entry["instruction_raw"]
         items.append(item)
         roles.append(entry["role"])

@@ -34,6 +34,11 @@ def main(argv: list[str] | None = None) -> int:
             importlib.import_module(module_name).add_arguments(sub_parser)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()  # weight-loading reports and bars are noise for command-line users
+        hf_logging.disable_progress_bar()
     return int(importlib.import_module(args._module).run(args) or 0)
 
 

@@ -1,0 +1,36 @@
+"""The README's example and the `umarvel demo` command run as written."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import umarvel_st
+from umarvel_st.cli import main
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_readme_python_example_runs(tmp_path, monkeypatch):
+    blocks = re.findall(r"```python\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    assert blocks
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "umarvel_st").symlink_to(Path(umarvel_st.__file__).parent)  # the README runs from the repo root
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})
+    assert (tmp_path / "my-umarvel" / "modules.json").is_file()
+
+
+def test_readme_starts_with_the_two_setup_commands():
+    lines = (ROOT / "README.md").read_text().splitlines()
+    start = lines.index("```bash")
+    assert lines[start + 1].endswith("umarvel demo")
+    assert "pytest" in lines[start + 2] and lines[start + 3] == "```"
+
+
+def test_demo_prints_the_similarity_table(capsys):
+    assert main(["demo"]) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if re.match(r"q\d ", line)]
+    assert len(rows) == 3
+    assert all(len(re.findall(r"[+-]\d\.\d{3}", row)) == 7 for row in rows)
