@@ -150,3 +150,23 @@ def test_long_text_is_truncated_but_image_tokens_are_kept(model):
 def test_template_alone_over_max_length_is_an_error(model):
     with pytest.raises(ValueError, match="Lower max_pixels or raise max_seq_length"):
         model[0].preprocess([{"text": "some words here", "image": random_image(84, 84)}], max_length=20)
+
+
+def test_named_instructions_ship_with_the_model(model):
+    from umarvel_st.modeling import MBEIR_INSTRUCTIONS
+
+    assert len(MBEIR_INSTRUCTIONS) == 16 and model.prompts["mscoco_task0"] == MBEIR_INSTRUCTIONS["mscoco_task0"]
+    named = model.encode_query(["a dog on a beach"], prompt_name="mscoco_task0")
+    explicit = model.encode_query(["a dog on a beach"], prompt=MBEIR_INSTRUCTIONS["mscoco_task0"])
+    plain = model.encode_document(["a dog on a beach"])
+    np.testing.assert_array_equal(named, explicit)
+    assert np.abs(named - plain).max() > 1e-3  # encode_document adds no instruction
+    with pytest.raises(ValueError, match="not found"):
+        model.encode_query(["x"], prompt_name="no_such_task")
+
+
+def test_item_instruction_wins_over_prompt(model):
+    item = {"text": "a dog", "instruction": "Find a caption."}
+    both = model.encode_query([item], prompt="Find an image.")
+    own = model.encode_query([item])
+    np.testing.assert_array_equal(both, own)
