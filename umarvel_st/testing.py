@@ -37,6 +37,7 @@ __all__ = [
     "UMARVEL_TOKEN_ID_KEYS",
     "BackboneSpec",
     "build_tiny_backbone",
+    "install_in_hub_cache",
     "make_test_image",
 ]
 
@@ -568,3 +569,43 @@ def make_test_image(width: int, height: int, *, seed: int = 0, mode: str = "RGB"
     _check_choice("mode", mode, channels)
     pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, channels[mode]), dtype=np.uint8)
     return Image.fromarray(pixels[..., 0] if mode == "L" else pixels)
+
+
+def install_in_hub_cache(model_dir: str | Path, hub_cache: str | Path, repo_id: str = "org/u-marvel") -> Path:
+    """Lay a saved model folder out as a snapshot in a local Hugging Face cache, to load it by Hub id offline.
+
+    The layout is the one ``huggingface_hub`` reads: ``<hub_cache>/models--<org>--<name>/snapshots/<revision>/``
+    holds the files (plain copies, no blobs) and ``refs/main`` names the revision. Point ``HF_HUB_CACHE`` at
+    ``hub_cache`` and set ``HF_HUB_OFFLINE=1``, then load ``repo_id`` as if it had been downloaded.
+
+    Args:
+        model_dir: A saved model folder (e.g. from ``SentenceTransformer.save``).
+        hub_cache: The cache root (what ``HF_HUB_CACHE`` will be); created if missing.
+        repo_id: The Hub id to load it by, ``"<org>/<name>"``.
+
+    Returns:
+        The snapshot folder. Its name, the revision, is a SHA-1 of the files' paths and bytes, so the same folder
+        gets the same revision.
+
+    Raises:
+        ValueError: If ``repo_id`` is not ``"<org>/<name>"`` or ``model_dir`` is not a folder.
+    """
+    import hashlib
+    import shutil
+
+    org, _, name = repo_id.partition("/")
+    if not org or not name or "/" in name:
+        raise ValueError(f"repo_id must look like 'org/name', got {repo_id!r}.")
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ValueError(f"model_dir {str(model_dir)!r} is not a folder; pass the folder a model was saved to.")
+    digest = hashlib.sha1()
+    for file in sorted(path for path in model_dir.rglob("*") if path.is_file()):
+        digest.update(file.relative_to(model_dir).as_posix().encode() + b"\0" + file.read_bytes())
+    revision = digest.hexdigest()
+    repo_root = Path(hub_cache) / f"models--{org}--{name}"
+    snapshot = repo_root / "snapshots" / revision
+    shutil.copytree(model_dir, snapshot, dirs_exist_ok=True)
+    (repo_root / "refs").mkdir(exist_ok=True)
+    (repo_root / "refs" / "main").write_text(revision)
+    return snapshot
