@@ -41,7 +41,7 @@ def test_save_and_reload_gives_identical_embeddings(backbone, tmp_path):
     _, _, model = backbone
     model.save(str(tmp_path / "saved"))
     reloaded = SentenceTransformer(str(tmp_path / "saved"), trust_remote_code=True)
-    assert type(reloaded[0]) is type(model[0])
+    assert type(reloaded[0]).__name__ == type(model[0]).__name__  # the saved code runs (see remote_code.py)
     for key in model[0].config_keys:
         assert getattr(reloaded[0], key) == getattr(model[0], key), key
     np.testing.assert_array_equal(reloaded.encode(items()), model.encode(items()))

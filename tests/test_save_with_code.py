@@ -193,3 +193,11 @@ def test_install_in_hub_cache_lays_out_a_snapshot(tmp_path: Path) -> None:
 def test_install_in_hub_cache_rejects_a_bad_repo_id(tmp_path: Path, repo_id: str) -> None:
     with pytest.raises(ValueError, match="org/name"):
         install_in_hub_cache(tmp_path, tmp_path / "hub", repo_id)
+
+
+def test_a_built_model_stays_picklable_for_multi_process_encoding() -> None:
+    import pickle
+
+    model = umarvel_st.from_mllm(str(CHECKPOINT))
+    clone = pickle.loads(pickle.dumps(model))
+    np.testing.assert_array_equal(clone.encode(["a red square"]), model.encode(["a red square"]))

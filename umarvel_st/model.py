@@ -8,6 +8,20 @@ from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Normalize
 
 from .modeling import MBEIR_INSTRUCTIONS, InstructionMaskedMeanPooling, UMarvelTransformer
+from .modeling.remote_code import flatten_module_types
+
+
+class UMarvelSentenceTransformer(SentenceTransformer):
+    """A :class:`~sentence_transformers.SentenceTransformer` whose saved folders carry the modeling code.
+
+    ``save`` (also used by ``save_pretrained``, trainer checkpoints and ``push_to_hub``) writes flat module types and
+    the source files, so ``SentenceTransformer(folder_or_hub_id, trust_remote_code=True)`` loads the model with
+    only sentence-transformers installed. Everything else is plain sentence-transformers.
+    """
+
+    def save(self, path: str, *args: Any, **kwargs: Any) -> None:
+        super().save(path, *args, **kwargs)
+        flatten_module_types(path)
 
 
 def from_mllm(
@@ -34,7 +48,7 @@ def from_mllm(
             ``max_seq_length``...).
 
     Returns:
-        A :class:`~sentence_transformers.SentenceTransformer`. Use ``encode_query(items, prompt=instruction)``
+        A :class:`~sentence_transformers.SentenceTransformer` (whose ``save`` also writes the modeling code). Use ``encode_query(items, prompt=instruction)``
         for queries and ``encode_document(items)`` for candidates.
 
     Example:
@@ -43,7 +57,7 @@ def from_mllm(
     """
     encoder = UMarvelTransformer(model_name_or_path, **options)
     modules = [encoder, InstructionMaskedMeanPooling(pool_instruction=pool_instruction), Normalize()]
-    return SentenceTransformer(
+    return UMarvelSentenceTransformer(
         modules=modules,
         device=device,
         prompts=dict(MBEIR_INSTRUCTIONS if prompts is None else prompts),

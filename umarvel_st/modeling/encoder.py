@@ -40,7 +40,7 @@ from .inputs import (
     prepare_image,
     user_text,
 )
-from .remote_code import copy_source, flat_module_name
+from .remote_code import copy_source
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +71,6 @@ class UMarvelTransformer(Transformer):
             bfloat16 when CUDA is available; ``attn_implementation`` to ``"sdpa"``.
     """
 
-    __module__ = flat_module_name(__name__)  # modules.json type "encoder.UMarvelTransformer", see remote_code.py
     config_keys: list[str] = Transformer.config_keys + [
         "summarize_suffix",
         "generation_prompt",
@@ -155,13 +154,7 @@ class UMarvelTransformer(Transformer):
         logger.info("Added %s as ids %s", UMARVEL_TOKENS, self.tokenizer.convert_tokens_to_ids(list(UMARVEL_TOKENS)))
 
     def save(self, output_path: str, *args: Any, **kwargs: Any) -> None:
-        """Save the backbone, processor and options, plus the modeling source files (see ``remote_code.py``).
-
-        Args:
-            output_path: The model's root folder (sentence-transformers saves this first module there).
-            *args: Passed to :meth:`sentence_transformers.base.modules.Transformer.save`.
-            **kwargs: Passed to :meth:`sentence_transformers.base.modules.Transformer.save`.
-        """
+        """Save backbone, processor and options, and the modeling source files (see ``remote_code.py``)."""
         super().save(output_path, *args, **kwargs)
         copy_source(__file__, output_path)
 

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from sentence_transformers.base.modules import Module
 
-from .remote_code import copy_source, flat_module_name
+from .remote_code import copy_source
 
 
 class InstructionMaskedMeanPooling(Module):
@@ -22,7 +22,6 @@ class InstructionMaskedMeanPooling(Module):
         pool_instruction: Also average the instruction tokens (uses ``attention_mask`` instead).
     """
 
-    __module__ = flat_module_name(__name__)  # modules.json type "pooling.<class name>", see remote_code.py
     config_keys: list[str] = ["pool_instruction"]
 
     def __init__(self, pool_instruction: bool = False) -> None:
@@ -39,17 +38,9 @@ class InstructionMaskedMeanPooling(Module):
         return features
 
     def save(self, output_path: str, *args: Any, **kwargs: Any) -> None:
-        """Save the config, and the source files into the model's root folder (see ``remote_code.py``).
-
-        Args:
-            output_path: This module's folder, ``<model root>/<index>_InstructionMaskedMeanPooling``:
-                sentence-transformers saves every module after the first in such a subfolder, but resolves module
-                types from the root.
-            *args: Ignored (no weights).
-            **kwargs: Ignored (no weights).
-        """
+        """Save the config in this module's folder and the source files in the model root (``remote_code.py``)."""
         self.save_config(output_path)
-        copy_source(__file__, Path(output_path).parent)
+        copy_source(__file__, Path(output_path).parent)  # types resolve from the root, not the module's folder
 
     @classmethod
     def load(cls, model_name_or_path: str, **kwargs: Any) -> InstructionMaskedMeanPooling:
