@@ -16,6 +16,9 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("umarvel_st.demo", "encode the bundled example items and print the similarity table"),
     "make-synthetic": ("umarvel_st.data.synthetic", "write the synthetic M-BEIR-format benchmark"),
     "eval": ("umarvel_st.evaluation.cli", "evaluate a model (M-BEIR format)"),
+    "train": ("umarvel_st.train.runner", "train a model with a staged recipe (YAML)"),
+    "convert": ("umarvel_st.hub.convert", "convert an official U-MARVEL checkpoint into an umarvel-st model"),
+    "publish": ("umarvel_st.hub.publish", "write (and push) a Hub repository for a model, with its model card"),
 }
 
 
