@@ -114,3 +114,12 @@ def test_unknown_backbone_lists_the_supported_ones(tmp_path):
 
     with pytest.raises(ValueError, match="qwen2_5_vl.*qwen2_vl.*qwen3_vl"):
         get_backbone("llava")
+
+
+def test_grown_token_rows_are_the_deterministic_mean(tiny_backbone_factory):
+    path = str(tiny_backbone_factory("qwen2_vl"))
+    first, second = umarvel_st.from_mllm(path), umarvel_st.from_mllm(path)
+    weight = first[0].model.get_input_embeddings().weight
+    ids = first[0].tokenizer.convert_tokens_to_ids(["<emb>", "<instruction_start>", "<instruction_end>"])
+    torch.testing.assert_close(weight[ids], weight[: ids[0]].mean(0).expand(3, -1))
+    torch.testing.assert_close(second[0].model.get_input_embeddings().weight, weight, rtol=0, atol=0)

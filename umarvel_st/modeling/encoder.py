@@ -135,23 +135,27 @@ class UMarvelTransformer(Transformer):
     def _add_umarvel_tokens(self) -> None:
         """Add ``<emb>``, ``<instruction_start>``, ``<instruction_end>`` as ordinary tokens, keeping stored rows.
 
-        A checkpoint that already has them (a U-MARVEL model) is left untouched. A base MLLM gets them appended;
-        the embedding matrix only grows when the new ids fall beyond it (on Qwen2-VL-7B they land on existing,
-        never re-initialised rows).
+        A checkpoint that already has them (a U-MARVEL model) keeps their ids and rows. A base MLLM gets them
+        appended; the embedding matrix only grows when the ids fall beyond it (on Qwen2-VL-7B they land on existing
+        rows, which are never re-initialised), and grown rows are set to the mean of the existing rows, so the
+        result is deterministic (transformers' ``mean_resizing`` samples them at random).
         """
         missing = [token for token in UMARVEL_TOKENS if token not in self.tokenizer.get_vocab()]
-        if not missing:
-            return
-        if len(missing) != len(UMARVEL_TOKENS):
+        if len(missing) not in (0, len(UMARVEL_TOKENS)):
             raise ValueError(
                 f"The tokenizer has only some of the U-MARVEL tokens (missing {missing}); "
                 "add all of them or none. Use `umarvel convert` for official checkpoints."
             )
-        self.tokenizer.add_tokens(list(UMARVEL_TOKENS), special_tokens=False)
+        if missing:
+            self.tokenizer.add_tokens(list(UMARVEL_TOKENS), special_tokens=False)
+            ids = self.tokenizer.convert_tokens_to_ids(list(UMARVEL_TOKENS))
+            logger.info("Added %s as ids %s", UMARVEL_TOKENS, ids)
         rows = self.model.get_input_embeddings().weight.shape[0]
         if len(self.tokenizer) > rows:
-            self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=True)
-        logger.info("Added %s as ids %s", UMARVEL_TOKENS, self.tokenizer.convert_tokens_to_ids(list(UMARVEL_TOKENS)))
+            self.model.resize_token_embeddings(len(self.tokenizer), mean_resizing=False)
+            with torch.no_grad():
+                weight = self.model.get_input_embeddings().weight  # (vocab, hidden)
+                weight[rows:] = weight[:rows].mean(0)
 
     def save(self, output_path: str, *args: Any, **kwargs: Any) -> None:
         """Save backbone, processor and options, and the modeling source files (see ``remote_code.py``)."""

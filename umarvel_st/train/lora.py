@@ -21,6 +21,15 @@ def _backbone(model: SentenceTransformer):
     return model[0].model
 
 
+def _into_peft_wrapper(module, state_dict, prefix, *args) -> None:
+    """Load-state-dict pre-hook: accept keys of an adapter loaded by transformers (``model.X``) into the peft wrapper
+    (``model.base_model.model.X``). The trainer resumes by loading the checkpoint as a fresh model, whose adapter
+    transformers injects in place, and copying its state dict into the model being trained."""
+    wrapped = f"{prefix}model.base_model.model."
+    for key in [key for key in state_dict if key.startswith(f"{prefix}model.") and not key.startswith(wrapped)]:
+        state_dict[wrapped + key.removeprefix(f"{prefix}model.")] = state_dict.pop(key)
+
+
 def apply_lora(
     model: SentenceTransformer,
     r: int = 128,
@@ -59,6 +68,7 @@ def apply_lora(
         target_modules=rf".*language_model\.layers\.\d+\.(self_attn|mlp)\.({names})",
     )
     model[0].model = get_peft_model(_backbone(model), config)
+    model[0]._lora_hook = model[0].register_load_state_dict_pre_hook(_into_peft_wrapper)
     trainable = sum(parameter.numel() for parameter in model.parameters() if parameter.requires_grad)
     logger.info("LoRA r=%d alpha=%d on %s: %d trainable parameters", r, alpha, list(target_modules), trainable)
     return model
@@ -77,6 +87,7 @@ def merge_lora(model: SentenceTransformer) -> SentenceTransformer:
     if not isinstance(backbone, PeftModel):
         raise ValueError("The model has no LoRA adapter to merge; apply_lora(model) adds one.")
     model[0].model = backbone.merge_and_unload()
+    model[0]._lora_hook.remove()
     return model
 
 
