@@ -1,0 +1,131 @@
+"""The generated model cards: metadata (model-index from reports, base model, tags...), sections, and every Python
+code block run as written against the tiny model, loaded by Hub id from an offline cache without umarvel_st."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+import umarvel_st
+from umarvel_st.hub.card import CardData
+from umarvel_st.hub.publish import write_repo_folder
+from umarvel_st.testing import install_in_hub_cache
+
+CHECKPOINT = Path(umarvel_st.__file__).parent / "assets" / "tiny-umarvel-qwen2vl"
+REPO_ID = "org/u-marvel"
+PORTABLE_REPO_ID = "org/u-marvel-portable"
+CODE_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+
+# argv = the two card files; runs each card's Python blocks in order, in one namespace per card, without umarvel_st.
+RUN_CARDS = r"""
+import importlib.abc
+import re
+import sys
+
+
+class BlockUmarvel(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "umarvel_st" or name.startswith("umarvel_st."):
+            raise ImportError(f"{name} is blocked: a card's snippets must run without umarvel_st")
+        return None
+
+
+sys.meta_path.insert(0, BlockUmarvel())
+blocks = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
+for card in sys.argv[1:]:
+    namespace = {}
+    for index, block in enumerate(blocks.findall(open(card).read())):
+        exec(compile(block, f"{card}:block{index}", "exec"), namespace)
+    print("ran", card, "model", type(namespace["model"][0]).__name__)
+"""
+
+
+def write_inputs(root: Path) -> dict[str, Path]:
+    report = root / "results.json"
+    report.write_text(
+        json.dumps(
+            {
+                "pool": "local",
+                "split": "test",
+                "synthetic": True,
+                "tasks": {"mscoco_task0": {"k": 5, "score": 0.5}, "fashion200k_task0": {"k": 10, "score": 0.25}},
+                "average": 0.375,
+            }
+        )
+    )
+    recipe = root / "stage3.yaml"
+    recipe.write_text("stage: instruction\nlora: {r: 128, alpha: 256}\nlearning_rate: 0.0004\n")
+    return {"report": report, "recipe": recipe}
+
+
+@pytest.fixture(scope="module")
+def cards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    root = tmp_path_factory.mktemp("cards")
+    inputs = write_inputs(root)
+    card = CardData(
+        base_model="org/base",
+        datasets=["TIGER-Lab/M-BEIR"],
+        run_configs=[inputs["recipe"]],
+        eval_reports=[inputs["report"]],
+        exact_repo_id=REPO_ID,
+    )
+    model = umarvel_st.from_mllm(str(CHECKPOINT))
+    exact = write_repo_folder(model, root / "exact", REPO_ID, card=card)
+    portable = write_repo_folder(model, root / "portable", PORTABLE_REPO_ID, card=card, portable=True)
+    return {"root": root, "exact": exact, "portable": portable}
+
+
+def front_matter(card: str) -> dict[str, Any]:
+    assert card.startswith("---\n")
+    return yaml.safe_load(card.split("---\n")[1])
+
+
+def test_exact_card_metadata_and_sections(cards: dict[str, Any]) -> None:
+    text = (cards["exact"] / "README.md").read_text()
+    metadata = front_matter(text)
+    assert metadata["library_name"] == "sentence-transformers" and metadata["pipeline_tag"] == "sentence-similarity"
+    assert metadata["base_model"] == "org/base" and metadata["datasets"] == ["TIGER-Lab/M-BEIR"]
+    assert metadata["license"] == "apache-2.0" and "u-marvel" in metadata["tags"]
+    (index,) = metadata["model-index"]
+    metrics = {metric["name"]: metric["value"] for metric in index["results"][0]["metrics"]}
+    assert metrics == {"mscoco_task0 hit@5": 50.0, "fashion200k_task0 hit@10": 25.0, "average": 37.5}
+    assert "| `lora.r` | 128 |" in text and "| `learning_rate` | 0.0004 |" in text  # the run config
+    assert "| mscoco_task0 | 5 | 50.0 |" in text and "synthetic benchmark" in text
+    assert "| `cirr_task7` | Retrieve a day-to-day image" in text  # named instructions
+    assert "trust_remote_code=True" in text and "max_pixels" in text and "arXiv:2507.14902" in text
+    assert "Embedding dimension:** 64" in text and "handler.py" in text
+
+
+def test_portable_card_reports_the_measured_drift(cards: dict[str, Any]) -> None:
+    text = (cards["portable"] / "README.md").read_text()
+    drift = json.loads((cards["portable"] / "drift.json").read_text())
+    assert f"mean {drift['mean']:.4f}, minimum {drift['min']:.4f}" in text
+    assert "trust_remote_code" not in text.split("## Usage")[1]
+    assert "portable" in front_matter(text)["tags"] and f"`{REPO_ID}`" in text
+
+
+def test_every_code_block_runs_as_written_from_the_hub_cache(cards: dict[str, Any]) -> None:
+    root = cards["root"]
+    hf_home = root / "hf_home"
+    for repo_id, folder in ((REPO_ID, cards["exact"]), (PORTABLE_REPO_ID, cards["portable"])):
+        install_in_hub_cache(folder, hf_home / "hub", repo_id)
+        assert CODE_BLOCK.findall((folder / "README.md").read_text())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub")}
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_CARDS, str(cards["exact"] / "README.md"), str(cards["portable"] / "README.md")],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    assert "model UMarvelTransformer" in result.stdout and "model Transformer" in result.stdout
