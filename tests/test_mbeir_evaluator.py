@@ -1,0 +1,244 @@
+"""The M-BEIR evaluator, its reports and ``umarvel eval mbeir``: fake encoders for the logic, the tiny model end to
+end."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from umarvel_st.cli import main
+from umarvel_st.data.mbeir import MBEIRData
+from umarvel_st.data.synthetic import make_synthetic_mbeir
+from umarvel_st.evaluation import MBEIREvaluator, write_report
+from umarvel_st.evaluation.mbeir_evaluator import chance_hit_at_k
+
+
+@pytest.fixture(scope="module")
+def bench(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("evaluator")
+    make_synthetic_mbeir(root, test_queries=6, train_queries=2, pool_size=30, image_size=32)
+    return root
+
+
+@pytest.fixture
+def bench_copy(bench: Path, tmp_path: Path) -> Path:
+    shutil.copytree(bench, tmp_path / "copy")
+    return tmp_path / "copy"
+
+
+def _key(item: Any) -> tuple[str | None, str | None]:
+    return (item, None) if isinstance(item, str) else (item["text"], item["image"])
+
+
+class OracleEncoder:
+    """Knows the answers: a candidate is the one-hot of its did, a query the sum of its positives' one-hots.
+
+    Records the items it is given, and can be told to stop (KeyboardInterrupt) at a given ``encode_document`` call.
+    """
+
+    def __init__(self, root: Path, interrupt_document_call: int | None = None) -> None:
+        data = MBEIRData(root)
+        self.index: dict[tuple[str | None, str | None], int] = {}
+        self.positives: dict[tuple[str | None, str | None], list[str]] = {}
+        dids: list[str] = []
+        for split in ("test",):
+            for task in data.tasks(split):
+                for candidate in data.iter_candidates(data.pool_path(task, "local", split)):
+                    self.index[_key(data.candidate_item(candidate))] = len(dids)
+                    dids.append(candidate.did)
+                qrels = data.load_qrels(task, split)
+                for query in data.iter_queries(task, split):
+                    self.positives[_key(data.query_item(query, None))] = qrels.get(query.qid, [])
+        self.did_row = {did: row for row, did in enumerate(dids)}
+        self.dim = len(dids)
+        self.queries: list[dict[str, Any]] = []
+        self.documents: list[Any] = []
+        self.document_calls = 0
+        self.interrupt_document_call = interrupt_document_call
+        self.model_card_data = SimpleNamespace(set_evaluation_metrics=lambda *args: None)
+
+    def encode_query(self, items: list[dict[str, Any]], **kwargs: Any) -> np.ndarray:
+        assert kwargs["normalize_embeddings"] and kwargs["convert_to_numpy"]
+        self.queries.extend(items)
+        vectors = np.zeros((len(items), self.dim), dtype=np.float32)
+        for row, item in enumerate(items):
+            for did in self.positives[_key(item)]:
+                if did in self.did_row:
+                    vectors[row, self.did_row[did]] = 1.0
+        return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
+
+    def encode_document(self, items: list[Any], **kwargs: Any) -> np.ndarray:
+        self.document_calls += 1
+        if self.document_calls == self.interrupt_document_call:
+            raise KeyboardInterrupt("simulated interruption")
+        self.documents.extend(items)
+        vectors = np.zeros((len(items), self.dim), dtype=np.float32)
+        for row, item in enumerate(items):
+            vectors[row, self.index[_key(item)]] = 1.0
+        return vectors
+
+
+class Unused:
+    """Encodes queries as constant vectors and refuses to encode a pool: bad pools must fail before encoding."""
+
+    def encode_query(self, items: list[Any], **kwargs: Any) -> np.ndarray:
+        return np.eye(1, 4, dtype=np.float32).repeat(len(items), axis=0)
+
+    def encode_document(self, items: list[Any], **kwargs: Any) -> np.ndarray:
+        raise AssertionError("the pool should be refused before it is encoded")
+
+
+def test_oracle_scores_one_everywhere_and_queries_carry_instructions(bench: Path) -> None:
+    oracle = OracleEncoder(bench)
+    results = MBEIREvaluator(bench, show_progress_bar=False).evaluate(oracle, model_tag="oracle")
+    assert results["average"] == 1.0
+    assert all(
+        row["score"] == row["hit@5"] == row["recall@5"] == row["map@5"] == 1.0 for row in results["tasks"].values()
+    )
+    assert results["synthetic"] and not results["all_16_tasks"] and results["num_tasks"] == 7
+    data = MBEIRData(bench)
+    allowed = {phrase for phrasings in data.instructions.values() for phrase in phrasings}
+    assert len(oracle.queries) == 7 * 6 and all(item["instruction"] in allowed for item in oracle.queries)
+    assert len({item["instruction"] for item in oracle.queries}) > 4  # several phrasings in use
+    images = [item["image"] for item in oracle.queries if item["image"]]
+    assert images and all(Path(image).is_file() and Path(image).is_relative_to(bench) for image in images)
+
+
+def test_global_pool_searches_the_union(bench: Path) -> None:
+    oracle = OracleEncoder(bench)
+    results = MBEIREvaluator(bench, ["webqa_task1", "cirr_task7"], pool="global", show_progress_bar=False).evaluate(
+        oracle
+    )
+    union_size = sum(
+        1 for _ in MBEIRData(bench).iter_candidates(bench / "cand_pool/global/mbeir_union_test_cand_pool.jsonl")
+    )
+    assert {row["pool_size"] for row in results["tasks"].values()} == {union_size}
+    assert len(oracle.documents) == union_size  # the union is encoded once for both tasks
+    assert results["tasks"]["cirr_task7"]["score"] == 1.0
+
+
+def test_interrupted_evaluation_resumes(bench: Path, tmp_path: Path) -> None:
+    settings = {"tasks": ["mscoco_task0"], "shard_size": 8, "show_progress_bar": False, "cache_dir": tmp_path}
+    with pytest.raises(KeyboardInterrupt):
+        MBEIREvaluator(bench, **settings).evaluate(OracleEncoder(bench, interrupt_document_call=3))
+    resumed = OracleEncoder(bench)
+    results = MBEIREvaluator(bench, **settings).evaluate(resumed)
+    pool_size = results["tasks"]["mscoco_task0"]["pool_size"]
+    assert len(resumed.documents) == pool_size - 2 * 8  # two shards were kept
+    assert resumed.queries == []  # the queries were complete before the interruption
+    fresh = MBEIREvaluator(bench, **{**settings, "cache_dir": tmp_path / "fresh"}).evaluate(OracleEncoder(bench))
+    assert results["tasks"] == fresh["tasks"]
+
+
+def test_trainer_call_returns_prefixed_metrics_and_writes_csv(bench: Path, tmp_path: Path) -> None:
+    evaluator = MBEIREvaluator(bench, ["nights_task4", "oven_task6"], show_progress_bar=False)
+    metrics = evaluator(OracleEncoder(bench), output_path=str(tmp_path), epoch=1, steps=10)
+    assert metrics == {"mbeir_nights_task4_hit@5": 1.0, "mbeir_oven_task6_hit@5": 1.0, "mbeir_average": 1.0}
+    assert evaluator.primary_metric == "mbeir_average"
+    evaluator(OracleEncoder(bench), output_path=str(tmp_path), epoch=2, steps=20)
+    lines = (tmp_path / evaluator.csv_file).read_text().splitlines()
+    assert lines[0].startswith("epoch,steps,nights_task4_hit@5") and lines[2].startswith("2,20,1.0")
+
+
+def test_query_without_positive_is_refused(bench_copy: Path) -> None:
+    qrels = bench_copy / "qrels/test/mbeir_webqa_task1_test_qrels.txt"
+    lines = qrels.read_text().splitlines()
+    dropped = lines[0].split()[0]
+    qrels.write_text("\n".join(line for line in lines if not line.startswith(dropped + " ")) + "\n")
+    with pytest.raises(ValueError, match=rf"1 webqa_task1 queries have no positive .*'{dropped}'"):
+        MBEIREvaluator(bench_copy, ["webqa_task1"], show_progress_bar=False).evaluate(None)  # before encoding
+
+
+def test_positives_missing_from_the_pool_are_counted(bench_copy: Path, caplog: pytest.LogCaptureFixture) -> None:
+    qrels = bench_copy / "qrels/test/mbeir_webqa_task1_test_qrels.txt"
+    qid = qrels.read_text().split()[0]
+    with qrels.open("a") as handle:
+        handle.write(f"{qid} 0 2:9999999 1 1\n")
+    results = MBEIREvaluator(bench_copy, ["webqa_task1"], show_progress_bar=False).evaluate(OracleEncoder(bench_copy))
+    row = results["tasks"]["webqa_task1"]
+    assert row["missing_positives"] == 1 and row["queries_without_positive_in_pool"] == 0
+    assert row["hit@5"] == 1.0 and row["recall@5"] < 1.0  # the absent positive can never be found
+    assert "not in the searched pool" in caplog.text
+
+
+def test_missing_image_and_duplicate_did_are_refused(bench_copy: Path) -> None:
+    pool = bench_copy / "cand_pool/local/mbeir_nights_task4_cand_pool.jsonl"
+    first = json.loads(pool.read_text().splitlines()[0])
+    (bench_copy / first["img_path"]).unlink()
+    with pytest.raises(ValueError, match=rf"{pool}:1: image file .*{Path(first['img_path']).name} does not exist"):
+        MBEIREvaluator(bench_copy, ["nights_task4"], show_progress_bar=False).evaluate(Unused())
+    text_pool = bench_copy / "cand_pool/local/mbeir_webqa_task1_cand_pool.jsonl"
+    lines = text_pool.read_text().splitlines()
+    text_pool.write_text("\n".join([*lines, lines[3]]) + "\n")
+    with pytest.raises(ValueError, match="appears more than once"):
+        MBEIREvaluator(bench_copy, ["webqa_task1"], show_progress_bar=False).evaluate(Unused())
+
+
+def test_unknown_task_and_pool_are_refused(bench: Path) -> None:
+    with pytest.raises(ValueError, match="Tasks present: mscoco_task0"):
+        MBEIREvaluator(bench, ["infoseek_task8"])
+    with pytest.raises(ValueError, match="Unknown pool"):
+        MBEIREvaluator(bench, pool="union")
+
+
+def test_chance_level() -> None:
+    assert chance_hit_at_k(10, 1, 5) == pytest.approx(0.5)
+    assert chance_hit_at_k(10, 2, 1) == pytest.approx(0.2)
+    assert chance_hit_at_k(4, 1, 5) == 1.0
+
+
+def test_reports(bench: Path, tmp_path: Path) -> None:
+    results = MBEIREvaluator(bench, show_progress_bar=False).evaluate(OracleEncoder(bench), model_tag="oracle")
+    paths = write_report(results, tmp_path, command="umarvel eval mbeir --model oracle")
+    stored = json.loads(paths["json"].read_text())
+    assert (
+        stored["command"] == "umarvel eval mbeir --model oracle" and stored["tasks"].keys() == results["tasks"].keys()
+    )
+    markdown = paths["markdown"].read_text()
+    header = next(line for line in markdown.splitlines() if line.startswith("| model |"))
+    assert header.split(" | ")[1:4] == ["mscoco_task0", "webqa_task1", "webqa_task2"]  # the paper's order
+    assert "| UniIR CLIP_SF (published) | - |" in markdown and "| 50.6 |" in markdown  # local-pool average
+    assert "| **ours** | 100.0 |" in markdown and "umarvel eval mbeir --model oracle" in markdown
+    assert "synthetic benchmark" in markdown
+    with Image.open(paths["png"]) as image:
+        assert image.format == "PNG" and image.width > 500
+
+
+def test_cli_end_to_end_on_the_tiny_model(
+    bench: Path, tmp_path: Path, tiny_backbone_factory: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    model = tiny_backbone_factory("qwen2_vl")
+    args = ["eval", "mbeir", "--model", str(model), "--data", str(bench), "--tasks", "mscoco_task0", "cirr_task7"]
+    args += ["--output", str(tmp_path / "out"), "--device", "cpu", "--batch-size", "8", "--no-progress-bar"]
+    assert main(args) == 0
+    assert "cirr_task7" in capsys.readouterr().out
+    results = json.loads((tmp_path / "out/results.json").read_text())
+    assert set(results["tasks"]) == {"mscoco_task0", "cirr_task7"}
+    assert all(0.0 <= row["score"] <= 1.0 for row in results["tasks"].values())
+    assert results["command"].startswith(f"umarvel eval mbeir --model {model} --data {bench} --tasks mscoco_task0")
+    assert (tmp_path / "out/report.md").is_file() and (tmp_path / "out/report.png").is_file()
+    shards = sorted((tmp_path / "out/embeddings").rglob("shard-*.npy"))
+    stamps = [path.stat().st_mtime_ns for path in shards]
+    assert main(args) == 0  # the rerun reuses every cached embedding
+    assert [path.stat().st_mtime_ns for path in shards] == stamps
+    assert json.loads((tmp_path / "out/results.json").read_text())["tasks"] == results["tasks"]
+
+
+@pytest.mark.slow
+def test_cli_global_pool_with_process_pool_on_default_benchmark(
+    tmp_path: Path, tiny_backbone_factory: Callable[..., Path]
+) -> None:
+    assert main(["make-synthetic", str(tmp_path / "data")]) == 0
+    model = str(tiny_backbone_factory("qwen2_vl"))
+    common = ["eval", "mbeir", "--model", model, "--data", str(tmp_path / "data"), "--no-progress-bar"]
+    assert main([*common, "--pool", "global", "--output", str(tmp_path / "global"), "--devices", "cpu", "cpu"]) == 0
+    results = json.loads((tmp_path / "global/results.json").read_text())
+    assert results["num_tasks"] == 7 and {row["pool_size"] for row in results["tasks"].values()} == {1435}

@@ -1,0 +1,376 @@
+"""M-BEIR evaluation of a U-MARVEL (or any) sentence-transformers embedder, following UniIR's evaluation code.
+
+For each task: embed its queries with ``encode_query`` (each query carries its instruction, chosen as
+:mod:`umarvel_st.data.mbeir` documents), embed the candidate pool with ``encode_document`` (the task's local pool,
+or the global union pool shared by all tasks), L2-normalise, retrieve the top ``search_depth`` candidates by exact
+inner product in faiss's order (10, or 50 for the fashion tasks, as UniIR does), and score with the positives of
+the qrels file (relevance > 0):
+
+- score = M-BEIR "Recall@k" = hit@k (1 if a positive is among the first k), k = 10 for Fashion200K and FashionIQ,
+  5 otherwise; recall@k and mAP@k are reported beside it (see :mod:`umarvel_st.evaluation.ranking`);
+- average = mean of the task scores (the 16-task average when all 16 tasks are evaluated).
+
+Embeddings go to an on-disk cache of shard files (:class:`~umarvel_st.evaluation.embeddings.EmbeddingStore`), so
+an interrupted evaluation resumes where it stopped, and the pool is searched one shard at a time in bounded
+memory (:func:`~umarvel_st.evaluation.search.search_shards`).
+
+Bad input: a query without any positive in the qrels raises (UniIR fails on it too); qrels positives that are not
+in the searched pool are counted (``missing_positives``) and logged, and can never be hit; a pool with a repeated
+did raises; malformed lines, unknown task names and missing images raise with the file, line or value named.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+
+from ..data.mbeir import (
+    DEFAULT_INSTRUCTION_SEED,
+    DID_BOUND,
+    MBEIR_TASKS,
+    POOLS,
+    MBEIRData,
+    MBEIRTask,
+    count_records,
+    hash_id,
+    unhash_id,
+)
+from ..data.synthetic import MARKER_FILE
+from .embeddings import DEFAULT_SHARD_SIZE, EmbeddingStore, encode_to_store
+from .ranking import mean_metric
+from .search import search_shards
+
+logger = logging.getLogger(__name__)
+
+
+def _stat(path: Path) -> list[int]:
+    """Size and modification time: a changed file invalidates cached embeddings (a copied one only re-encodes)."""
+    stat = path.stat()
+    return [stat.st_size, stat.st_mtime_ns]
+
+
+def chance_hit_at_k(pool_size: int, positives: int, k: int) -> float:
+    """Expected hit@k of a uniformly random ranking: ``1 - C(n - p, k) / C(n, k)``."""
+    miss = 1.0
+    for i in range(min(k, pool_size)):
+        miss *= max(pool_size - positives - i, 0) / (pool_size - i)
+    return 1.0 - miss
+
+
+class MBEIREvaluator(SentenceEvaluator):
+    """Evaluate an embedder on M-BEIR tasks (usable as a sentence-transformers evaluator during training).
+
+    Args:
+        data_root: M-BEIR data root (the real one or :mod:`umarvel_st.data.synthetic` output).
+        tasks: Task names (``"mscoco_task0"``...); default every task with a query file for ``split``.
+        split: ``"test"`` (default), ``"val"`` or ``"train"``.
+        pool: ``"local"`` (each task's own pool) or ``"global"`` (the union pool of the split).
+        batch_size: Encoding batch size.
+        show_progress_bar: Progress bars for encoding and search.
+        instruction_seed: Seed of the per-query instruction choice.
+        cache_dir: Embedding cache. Reused across calls, so only for evaluating one fixed model (an interrupted run
+            resumes); the default ``None`` encodes into a temporary folder each call, as needed during training.
+        shard_size: Rows per embedding shard (memory of one search step and resume granularity).
+        devices: Encode with a sentence-transformers multi-process pool on these devices (``["cuda:0",
+            "cuda:1"]`` or ``["cpu", "cpu"]``); ``None`` encodes in this process.
+        name: Prefix of the metric names returned to the trainer.
+        write_csv: Append the scores to a CSV in ``output_path`` when called by a trainer.
+
+    Example:
+        >>> evaluator = MBEIREvaluator("mbeir_data", tasks=["mscoco_task0", "cirr_task7"])  # doctest: +SKIP
+        >>> evaluator(model)["mbeir_average"]  # doctest: +SKIP
+    """
+
+    def __init__(
+        self,
+        data_root: str | Path,
+        tasks: Sequence[str] | None = None,
+        *,
+        split: str = "test",
+        pool: str = "local",
+        batch_size: int = 32,
+        show_progress_bar: bool = True,
+        instruction_seed: int = DEFAULT_INSTRUCTION_SEED,
+        cache_dir: str | Path | None = None,
+        shard_size: int = DEFAULT_SHARD_SIZE,
+        devices: Sequence[str] | None = None,
+        name: str = "mbeir",
+        write_csv: bool = True,
+    ) -> None:
+        super().__init__()
+        if pool not in POOLS:
+            raise ValueError(f"Unknown pool {pool!r}; use one of {list(POOLS)}.")
+        self.data = MBEIRData(data_root)
+        self.tasks = self.data.resolve_tasks(tasks, split)
+        self.split = split
+        self.pool = pool
+        self.batch_size = batch_size
+        self.show_progress_bar = show_progress_bar
+        self.instruction_seed = instruction_seed
+        self.cache_dir = None if cache_dir is None else Path(cache_dir)
+        self.shard_size = shard_size
+        self.devices = list(devices) if devices else None
+        self.name = name
+        self.write_csv = write_csv
+        self.primary_metric = "average"
+        self.csv_file = f"mbeir_evaluation_{name}_{split}_{pool}_results.csv"
+
+    def __call__(
+        self, model: Any, output_path: str | None = None, epoch: int = -1, steps: int = -1, *args: Any, **kwargs: Any
+    ) -> dict[str, float]:
+        """Evaluate and return ``{"<name>_<task>_hit@<k>": score, ..., "<name>_average": mean}`` (fractions)."""
+        results = self.evaluate(model)
+        metrics = {f"{task}_hit@{row['k']}": row["score"] for task, row in results["tasks"].items()}
+        metrics["average"] = results["average"]
+        if output_path is not None and self.write_csv:
+            os.makedirs(output_path, exist_ok=True)
+            csv_path = Path(output_path) / self.csv_file
+            is_new = not csv_path.is_file()
+            with csv_path.open("a", encoding="utf-8") as handle:
+                if is_new:
+                    handle.write(",".join(["epoch", "steps", *metrics]) + "\n")
+                handle.write(",".join(str(value) for value in [epoch, steps, *metrics.values()]) + "\n")
+        metrics = self.prefix_name_to_metrics(metrics, self.name)
+        self.store_metrics_in_model_card_data(model, metrics, epoch, steps)
+        return metrics
+
+    def get_config_dict(self) -> dict[str, Any]:
+        """Settings recorded in the model card."""
+        return {"split": self.split, "pool": self.pool, "tasks": [task.name for task in self.tasks]}
+
+    # The evaluation --------------------------------------------------------------------------------------------
+
+    def evaluate(self, model: Any, model_tag: str | None = None) -> dict[str, Any]:
+        """Run the evaluation and return the full results (JSON-serialisable).
+
+        Args:
+            model: Anything with sentence-transformers' ``encode_query`` / ``encode_document``.
+            model_tag: Name of the model, kept in the results and in the cache fingerprint.
+
+        Returns:
+            ``{"tasks": {task: {...scores, sizes...}}, "average": ..., ...settings}``; scores are fractions.
+        """
+        if self.cache_dir is None:
+            with tempfile.TemporaryDirectory(prefix="mbeir-embeddings-") as folder:
+                return self._evaluate(model, Path(folder), model_tag)
+        return self._evaluate(model, self.cache_dir, model_tag)
+
+    def _encode_kwargs(self, pool: dict[str, Any] | None) -> dict[str, Any]:
+        kwargs: dict[str, Any] = {
+            "batch_size": self.batch_size,
+            "show_progress_bar": False,
+            "convert_to_numpy": True,
+            "normalize_embeddings": True,
+        }
+        if pool is not None:
+            kwargs["pool"] = pool
+        return kwargs
+
+    def _evaluate(self, model: Any, cache: Path, model_tag: str | None) -> dict[str, Any]:
+        started = time.perf_counter()
+        positives = {task.name: self.data.load_qrels(task, self.split) for task in self.tasks}
+        qids = {task.name: self._query_ids(task, positives[task.name]) for task in self.tasks}  # checked up front
+        process_pool = model.start_multi_process_pool(self.devices) if self.devices else None
+        try:
+            encode_kwargs = self._encode_kwargs(process_pool)
+            query_stores = {
+                task.name: self._encode_queries(model, task, len(qids[task.name]), cache, model_tag, encode_kwargs)
+                for task in self.tasks
+            }
+            encoded = time.perf_counter()
+            pools: dict[Path, tuple[EmbeddingStore, np.ndarray]] = {}
+            for task in self.tasks:
+                path = self.data.pool_path(task, self.pool, self.split)
+                if path not in pools:
+                    pools[path] = self._encode_pool(model, path, cache, model_tag, encode_kwargs)
+        finally:
+            if process_pool is not None:
+                model.stop_multi_process_pool(process_pool)
+        pools_encoded = time.perf_counter()
+
+        rankings: dict[str, np.ndarray] = {}
+        for path, (store, ids) in pools.items():
+            tasks = [task for task in self.tasks if self.data.pool_path(task, self.pool, self.split) == path]
+            query_sets = [(query_stores[task.name].load(), task.search_depth) for task in tasks]
+            found = search_shards(
+                store.iter_shards(),
+                query_sets,
+                total_rows=len(ids),
+                show_progress_bar=self.show_progress_bar,
+            )
+            for task, (_, rows) in zip(tasks, found, strict=True):
+                rankings[task.name] = ids[rows]
+        searched = time.perf_counter()
+
+        task_results = {}
+        for task in self.tasks:
+            _, ids = pools[self.data.pool_path(task, self.pool, self.split)]
+            task_results[task.name] = self._score(
+                task, qids[task.name], positives[task.name], rankings[task.name], ids
+            )
+        scores = [row["score"] for row in task_results.values()]
+        return {
+            "benchmark": "M-BEIR",
+            "data_root": str(self.data.root),
+            "synthetic": (self.data.root / MARKER_FILE).is_file(),
+            "split": self.split,
+            "pool": self.pool,
+            "model": model_tag,
+            "instruction_seed": self.instruction_seed,
+            "metric": "hit@k (UniIR 'Recall@k'); k=10 for Fashion200K and FashionIQ, else 5",
+            "tasks": task_results,
+            "average": float(np.mean(scores)),
+            "num_tasks": len(scores),
+            "all_16_tasks": sorted(task_results) == sorted(MBEIR_TASKS),
+            "seconds": {
+                "encode_queries": round(encoded - started, 3),
+                "encode_pools": round(pools_encoded - encoded, 3),
+                "search": round(searched - pools_encoded, 3),
+                "score": round(time.perf_counter() - searched, 3),
+            },
+        }
+
+    def _query_ids(self, task: MBEIRTask, positives: dict[str, list[str]]) -> list[str]:
+        """The task's qids, checked to be unique and to have positives (before anything is encoded)."""
+        path = self.data.query_path(task, self.split)
+        qids = [query.qid for query in self.data.iter_queries(task, self.split)]
+        if len(set(qids)) != len(qids):
+            duplicate = next(qid for qid, n in Counter(qids).items() if n > 1)
+            raise ValueError(f"{path}: qid {duplicate!r} appears more than once; qids must be unique.")
+        without = [qid for qid in qids if qid not in positives]
+        if without:
+            raise ValueError(
+                f"{len(without)} {task.name} queries have no positive (relevance > 0) in "
+                f"{self.data.qrels_path(task, self.split)}, e.g. {without[:3]}. UniIR cannot score them either: add "
+                "their qrels lines or remove the queries."
+            )
+        return qids
+
+    def _encode_queries(
+        self,
+        model: Any,
+        task: MBEIRTask,
+        count: int,
+        cache: Path,
+        model_tag: str | None,
+        encode_kwargs: dict[str, Any],
+    ) -> EmbeddingStore:
+        path = self.data.query_path(task, self.split)
+        fingerprint = {
+            "kind": "queries",
+            "file": str(path.relative_to(self.data.root)),
+            "file_stat": _stat(path),
+            "count": count,
+            "instructions_stat": _stat(self.data.instructions_path),
+            "instruction_seed": self.instruction_seed,
+            "model": model_tag,
+        }
+        store = EmbeddingStore(cache / f"queries-{self.split}-{task.name}", fingerprint, self.shard_size)
+
+        def items_from(start: int) -> Iterator[dict[str, Any]]:
+            for query in itertools.islice(self.data.iter_queries(task, self.split), start, None):
+                yield self.data.query_item(query, self.data.eval_instruction(query, task, self.instruction_seed))
+
+        encode_to_store(
+            store,
+            items_from,
+            count,
+            lambda items: model.encode_query(items, **encode_kwargs),
+            desc=f"Encoding {task.name} queries",
+            show_progress_bar=self.show_progress_bar,
+        )
+        return store
+
+    def _encode_pool(
+        self, model: Any, path: Path, cache: Path, model_tag: str | None, encode_kwargs: dict[str, Any]
+    ) -> tuple[EmbeddingStore, np.ndarray]:
+        if not path.is_file():
+            raise ValueError(
+                f"Candidate pool {path} does not exist. Local pools are cand_pool/local/mbeir_<task>_cand_pool.jsonl, "
+                "the global pool cand_pool/global/mbeir_union_<split>_cand_pool.jsonl."
+            )
+        fingerprint = {
+            "kind": "pool",
+            "file": str(path.relative_to(self.data.root)),
+            "file_stat": _stat(path),
+            "count": count_records(path),
+            "model": model_tag,
+        }
+        store = EmbeddingStore(cache / f"pool-{path.stem}", fingerprint, self.shard_size)
+        ids = store.load_ids()
+        if ids is None:
+            ids = np.fromiter(
+                (hash_id(c.did, DID_BOUND, c.source) for c in self.data.iter_candidates(path)),
+                dtype=np.int64,
+                count=fingerprint["count"],
+            )
+            unique, counts = np.unique(ids, return_counts=True)
+            if len(unique) != len(ids):
+                duplicate = unhash_id(int(unique[counts > 1][0]), DID_BOUND)
+                raise ValueError(f"{path}: did {duplicate!r} appears more than once; dids must be unique in a pool.")
+            store.save_ids(ids)
+
+        def items_from(start: int) -> Iterator[Any]:
+            for candidate in itertools.islice(self.data.iter_candidates(path), start, None):
+                yield self.data.candidate_item(candidate)
+
+        encode_to_store(
+            store,
+            items_from,
+            len(ids),
+            lambda items: model.encode_document(items, **encode_kwargs),
+            desc=f"Encoding {path.stem}",
+            show_progress_bar=self.show_progress_bar,
+        )
+        return store, ids
+
+    def _score(
+        self,
+        task: MBEIRTask,
+        qids: list[str],
+        positives: dict[str, list[str]],
+        rankings: np.ndarray,
+        pool_ids: np.ndarray,
+    ) -> dict[str, Any]:
+        relevant = [[hash_id(did, DID_BOUND) for did in positives[qid]] for qid in qids]
+        in_pool = [np.isin(np.asarray(r, dtype=np.int64), pool_ids) for r in relevant]
+        missing = int(sum(int((~mask).sum()) for mask in in_pool))
+        unreachable = sum(1 for mask in in_pool if not mask.any())
+        if missing:
+            logger.warning(
+                "%s: %d qrels positives are not in the searched pool (%d queries have none in it); they count as misses.",
+                task.name,
+                missing,
+                unreachable,
+            )
+        k = task.k
+        ranked = [row.tolist() for row in rankings]
+        pool_size = len(pool_ids)
+        chance = float(np.mean([chance_hit_at_k(pool_size, int(mask.sum()), k) for mask in in_pool]))
+        hit = mean_metric("hit", ranked, relevant, k)
+        return {
+            "dataset_id": task.dataset_id,
+            "task_id": task.task_id,
+            "modalities": f"{task.query_modality} -> {task.candidate_modality}",
+            "k": k,
+            "search_depth": task.search_depth,
+            "score": hit,
+            f"hit@{k}": hit,
+            f"recall@{k}": mean_metric("recall", ranked, relevant, k),
+            f"map@{k}": mean_metric("map", ranked, relevant, k),
+            f"chance_hit@{k}": chance,
+            "num_queries": len(qids),
+            "pool_size": pool_size,
+            "missing_positives": missing,
+            "queries_without_positive_in_pool": unreachable,
+        }
