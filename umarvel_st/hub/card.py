@@ -146,7 +146,7 @@ def render_model_card(
         metadata["datasets"] = list(data.datasets)
     if evaluations:
         metadata["model-index"] = _model_index(name, evaluations)
-    prompts = dict(model.prompts) or dict(MBEIR_INSTRUCTIONS)
+    prompts = {name: text for name, text in model.prompts.items() if text} or dict(MBEIR_INSTRUCTIONS)
     environment = Environment(
         loader=FileSystemLoader(Path(__file__).parent), undefined=StrictUndefined, keep_trailing_newline=True
     )
