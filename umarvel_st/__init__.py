@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
+from .hub.publish import publish
 from .model import from_mllm
 
-__all__ = ["from_mllm"]
+__all__ = ["from_mllm", "publish"]
 __version__ = "0.1.0"
