@@ -32,7 +32,7 @@ task                modalities           query -> positive
 
 Every query's scene has near-miss neighbours in the pool (one object recoloured, reshaped, moved, added or
 removed; for ``cirr_task7`` also the unedited reference and other edits of it), so word overlap or pixel
-similarity alone does not find the positive: an untrained model scores near chance (hit@5 ~ 2.5% on a
+similarity alone does not find the positive: an untrained model scores near chance (hit@5 ~ 3% on a
 200-candidate pool), while the tasks stay learnable by a tiny model in minutes. About a quarter of the queries
 have two positives (a second rendering or a second phrasing). Test scenes never occur as train queries.
 """

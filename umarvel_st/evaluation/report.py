@@ -28,8 +28,8 @@ PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
 POOL_WORDS = {"local": "local (each task's own candidate pool)", "global": "global (the union of all pools)"}
 
 
-def _percent(value: float | None) -> str:
-    return "-" if value is None else f"{100 * value:.1f}"
+def _percent(value: float) -> str:
+    return f"{100 * value:.1f}"
 
 
 def _ordered_tasks(results: dict[str, Any]) -> list[str]:
