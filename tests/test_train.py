@@ -1,0 +1,172 @@
+"""Training end to end: data builders, recipes, the stage runner (chaining, resume after kill -9)."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from umarvel_st.data.synthetic import make_synthetic_mbeir
+from umarvel_st.data.training import custom_pairs, image_captions, mbeir_train, nli_pairs
+from umarvel_st.testing import make_test_image
+from umarvel_st.train.recipe import load_recipe, shipped_recipes
+from umarvel_st.train.runner import train
+
+TINY_OVERRIDES = [
+    "all_stages.max_steps=2",
+    "all_stages.warmup_ratio=0",
+    "all_stages.batch_size=4",
+    "all_stages.lora_r=4",
+    "all_stages.lora_alpha=8",
+]
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("train_data")
+    with open(root / "nli.csv", "w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["sent0", "sent1", "hard_neg"])
+        for i in range(8):
+            writer.writerow([f"a person number {i} walks", f"someone {i} is walking", "nobody moves"])
+    (root / "imgs").mkdir()
+    rows = []
+    for i in range(8):
+        make_test_image(56, 56, seed=i).save(root / "imgs" / f"{i}.png")
+        rows.append({"caption": f"picture number {i}", "image": f"imgs/{i}.png"})
+    (root / "captions.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    pairs = [
+        {"query": f"query {i}", "positive": {"text": f"doc {i}", "image": f"imgs/{i}.png"}, "negatives": [f"neg {i}"]}
+        for i in range(8)
+    ]
+    (root / "pairs.jsonl").write_text("\n".join(json.dumps(row) for row in pairs))
+    make_synthetic_mbeir(root / "mbeir", test_queries=4, train_queries=8, pool_size=20)
+    return root
+
+
+def test_builders_make_anchor_positive_columns(data):
+    nli = nli_pairs(data / "nli.csv")
+    assert nli.column_names == ["anchor", "positive"] and nli[0]["anchor"] == "a person number 0 walks"
+    captions = image_captions(data / "captions.jsonl")
+    assert captions[3]["positive"]["image"] == str(data / "imgs" / "3.png")
+    pairs = custom_pairs(data / "pairs.jsonl")
+    assert pairs.column_names == ["anchor", "positive", "negative_1"]
+    assert pairs[0]["anchor"]["instruction"] is None and pairs[0]["negative_1"]["text"] == "neg 0"
+
+
+def test_mbeir_draws_are_seeded_per_epoch_and_carry_the_instruction_in_the_query(data):
+    first = mbeir_train(data / "mbeir", epochs=2, seed=1)
+    again = mbeir_train(data / "mbeir", epochs=2, seed=1)
+    assert first.column_names == ["anchor", "positive"]
+    assert first.to_list() == again.to_list()  # a resumed run draws the same
+    assert all(row["anchor"]["instruction"] for row in first)
+    half = len(first) // 2
+    instructions = [row["anchor"]["instruction"] for row in first]
+    assert instructions[:half] != instructions[half:]  # each epoch draws again
+    plain = mbeir_train(data / "mbeir", instructions=False)
+    assert all(row["anchor"]["instruction"] is None for row in plain)
+
+
+def test_paths_escaping_the_data_root_are_refused(data, tmp_path):
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"caption": "x", "image": "../../etc/passwd"}))
+    with pytest.raises(ValueError, match="leaves the data root"):
+        image_captions(tmp_path / "bad.jsonl")
+    with pytest.raises(ValueError, match="equal counts"):
+        custom_pairs([{"query": "a", "positive": "b", "negatives": ["c"]}, {"query": "a", "positive": "b"}])
+
+
+def test_recipes_validate(tmp_path):
+    assert {"umarvel-qwen2vl-7b", "umarvel-qwen3vl-4b", "demo", "finetune"} <= set(shipped_recipes())
+    recipe = load_recipe("umarvel-qwen2vl-7b")
+    assert [stage.lora_r for stage in recipe.stages] == [64, 128, 128]
+    assert [stage.loss for stage in recipe.stages] == ["infonce", "symmetric", "infonce"]
+    assert recipe.stages[2].learnable_temperature and recipe.stages[2].instructions
+    with pytest.raises(ValueError, match="Unknown StageConfig keys"):
+        load_recipe("finetune", ["stages.0.learning_rate=1"])
+    with pytest.raises(ValueError, match="data.kind"):
+        load_recipe("finetune", ["stages.0.data.kind=tsv"])
+    with pytest.raises(ValueError, match="shipped recipes"):
+        load_recipe("no-such-recipe")
+
+
+@pytest.mark.parametrize(
+    ("recipe_name", "model_type"), [("umarvel-qwen2vl-7b", "qwen2_vl"), ("umarvel-qwen3vl-4b", "qwen3_vl")]
+)
+def test_paper_recipes_run_on_tiny_backbones_and_chain_stages(data, tmp_path, recipe_name, model_type):
+    overrides = [
+        f"base_model=tiny:{model_type}",
+        f"output_dir={tmp_path / 'run'}",
+        f"stages.0.data.path={data / 'nli.csv'}",
+        f"stages.1.data.path={data / 'captions.jsonl'}",
+        f"stages.2.data.root={data / 'mbeir'}",
+        *TINY_OVERRIDES,
+    ]
+    final = train(load_recipe(recipe_name, overrides))
+    configs = [json.loads(path.read_text()) for path in sorted((tmp_path / "run").glob("0[1-9]-*/run_config.json"))]
+    assert [config["stage"]["name"] for config in configs] == ["text", "image-text", "instruction"]
+    assert configs[1]["init_from"] == str(tmp_path / "run" / "01-text" / "model")
+    assert configs[0]["temperature"] == pytest.approx(0.05)  # fixed
+    assert abs(configs[2]["temperature"] - 0.05) > 1e-6  # learned
+    assert (final / "temperature.json").is_file() and (final / "modules.json").is_file()
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(str(final), trust_remote_code=True)
+    assert model[0].generation_prompt is True and np.isfinite(model.encode(["hello"])).all()
+
+
+RESUME_RECIPE = """
+name: resume
+base_model: tiny:qwen2_vl
+output_dir: {out}
+seed: 3
+stages:
+  - name: first
+    data: {{kind: nli, path: {nli}}}
+    adapter: {adapter}
+    lora_r: 4
+    lora_alpha: 8
+    lr: 1.0e-3
+    batch_size: 2
+    max_steps: 6
+    save_steps: 1
+    logging_steps: 1
+    learnable_temperature: true
+    gradient_checkpointing: false
+"""
+
+
+@pytest.mark.parametrize("adapter", ["full", "lora"])
+def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(data, tmp_path, adapter):
+    killed = tmp_path / "killed.yaml"
+    killed.write_text(RESUME_RECIPE.format(out=tmp_path / "killed", nli=data / "nli.csv", adapter=adapter))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1"}
+    process = subprocess.Popen([sys.executable, "-m", "umarvel_st.cli", "train", str(killed)], env=env)
+    checkpoint = tmp_path / "killed" / "01-first" / "checkpoints" / "checkpoint-3" / "temperature.json"
+    deadline = time.time() + 300
+    while not checkpoint.is_file() and process.poll() is None and time.time() < deadline:
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert checkpoint.is_file() and not (tmp_path / "killed" / "01-first" / "run_config.json").exists()
+
+    resumed = train(load_recipe(killed))
+    fresh_recipe = tmp_path / "fresh.yaml"
+    fresh_recipe.write_text(RESUME_RECIPE.format(out=tmp_path / "fresh", nli=data / "nli.csv", adapter=adapter))
+    fresh = train(load_recipe(fresh_recipe))
+    resumed_config = json.loads((tmp_path / "killed" / "01-first" / "run_config.json").read_text())
+    fresh_config = json.loads((tmp_path / "fresh" / "01-first" / "run_config.json").read_text())
+    assert resumed_config["temperature"] == pytest.approx(fresh_config["temperature"], rel=1e-5)
+    from sentence_transformers import SentenceTransformer
+
+    items = ["a person walks", "someone is walking"]
+    a = SentenceTransformer(str(resumed), trust_remote_code=True).encode(items)
+    b = SentenceTransformer(str(fresh), trust_remote_code=True).encode(items)
+    np.testing.assert_allclose(a, b, atol=1e-4)
+    assert train(load_recipe(killed)) == resumed  # a finished run redoes nothing

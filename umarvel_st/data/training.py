@@ -1,0 +1,246 @@
+"""Training data as ``datasets.Dataset`` objects with the columns sentence-transformers losses read.
+
+Every builder returns columns ``anchor``, ``positive`` and optionally ``negative_1`` .. ``negative_k``; each cell
+is an encoder item (a text string, or ``{"text", "image", "instruction"}`` with the image as a file path, opened
+only when the batch is encoded). A query's instruction travels inside the anchor item, never as its own column:
+the collator would embed a separate column as one more input.
+
+Random draws (one positive and one instruction per query, as the reference does per sample and epoch) are seeded
+by ``(seed, epoch, row)``, so a resumed run sees exactly the same data. A recipe with several epochs over M-BEIR
+gets one fresh draw per epoch by stacking the epochs' draws into one dataset (see :func:`mbeir_train`).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import random
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any
+
+logger = logging.getLogger(__name__)
+
+
+def resolve_under(root: str | Path, path: str, where: str = "") -> str:
+    """Return ``root / path``, refusing absolute paths and paths that climb out of ``root``.
+
+    Raises:
+        ValueError: For an escaping path or a missing file (the message names ``where``).
+    """
+    prefix = f"{where}: " if where else ""
+    relative = os.path.normpath(path)
+    if os.path.isabs(path) or relative == ".." or relative.startswith(".." + os.sep):
+        raise ValueError(f"{prefix}image path {path!r} leaves the data root {root}; give a path inside it.")
+    full = Path(root) / relative
+    if not full.is_file():
+        raise ValueError(f"{prefix}image file {full} does not exist.")
+    return str(full)
+
+
+def _rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
+    """Rows of a csv, json (list) or jsonl file, each with a ``file:line`` location."""
+    path = Path(path)
+    if path.suffix == ".csv":
+        with path.open(newline="", encoding="utf-8") as handle:
+            for line, row in enumerate(csv.DictReader(handle), start=2):
+                yield f"{path}:{line}", row
+    elif path.suffix == ".json":
+        for index, row in enumerate(json.loads(path.read_text(encoding="utf-8"))):
+            yield f"{path}[{index}]", row
+    elif path.suffix == ".jsonl":
+        with path.open(encoding="utf-8") as handle:
+            for line, text in enumerate(handle, start=1):
+                if text.strip():
+                    try:
+                        yield f"{path}:{line}", json.loads(text)
+                    except json.JSONDecodeError as error:
+                        raise ValueError(f"{path}:{line}: malformed JSON ({error.msg})") from error
+    else:
+        raise ValueError(f"Unsupported data file {str(path)!r}: use .csv, .json or .jsonl.")
+
+
+def _column(row: dict[str, Any], key: str, where: str) -> str:
+    value = row.get(key)
+    if not isinstance(value, str) or not value.strip():
+        raise ValueError(f"{where}: column {key!r} is missing or empty (got {value!r}).")
+    return value
+
+
+def _dataset(records: Iterable[dict[str, Any]]):
+    from datasets import Dataset
+
+    records = list(records)
+    if not records:
+        raise ValueError("The training data is empty.")
+    return Dataset.from_list(records)
+
+
+def nli_pairs(path: str | Path):
+    """SimCSE ``nli_for_simcse`` pairs: ``sent0`` -> ``sent1`` (recipe stage 1).
+
+    Args:
+        path: A csv/json/jsonl file with ``sent0`` and ``sent1`` (``hard_neg`` is ignored, as in the recipe).
+
+    Returns:
+        A ``datasets.Dataset`` with text columns ``anchor`` and ``positive``.
+    """
+    return _dataset(
+        {"anchor": _column(row, "sent0", where), "positive": _column(row, "sent1", where)}
+        for where, row in _rows(path)
+    )
+
+
+def image_captions(path: str | Path, image_root: str | Path | None = None):
+    """Caption <-> image pairs such as CC3M (recipe stage 2, trained with the symmetric loss).
+
+    Args:
+        path: A json/jsonl/csv file with ``caption`` and ``image`` (a path relative to ``image_root``).
+        image_root: Folder the image paths are relative to; defaults to the file's folder.
+
+    Returns:
+        A ``datasets.Dataset``: ``anchor`` = caption text, ``positive`` = ``{"text": None, "image": path}``.
+    """
+    root = Path(image_root) if image_root is not None else Path(path).parent
+    return _dataset(
+        {
+            "anchor": _column(row, "caption", where),
+            "positive": {"text": None, "image": resolve_under(root, _column(row, "image", where), where)},
+        }
+        for where, row in _rows(path)
+    )
+
+
+def _item(value: Any, root: Path, where: str, instruction: str | None = None) -> dict[str, Any]:
+    """A custom-pairs side: a string (text) or ``{"text", "image"}``; images resolve under ``root``."""
+    if isinstance(value, str):
+        text, image = value, None
+    elif isinstance(value, dict):
+        unknown = set(value) - {"text", "image"}
+        if unknown:
+            raise ValueError(f"{where}: unknown keys {sorted(unknown)}; a side may have 'text' and 'image'.")
+        text, image = value.get("text"), value.get("image")
+    else:
+        raise TypeError(f"{where}: a side must be a string or a dict with 'text'/'image', got {value!r}.")
+    if not (text or image):
+        raise ValueError(f"{where}: a side needs text or an image, got {value!r}.")
+    return {"text": text, "image": resolve_under(root, image, where) if image else None, "instruction": instruction}
+
+
+def custom_pairs(source: Any, image_root: str | Path | None = None):
+    """Your own (query, positive, negatives) data for fine-tuning.
+
+    Args:
+        source: A ``datasets.Dataset``, a list of dicts, or a csv/json/jsonl file. Each row has ``query`` and
+            ``positive`` (a string = text, or ``{"text": ..., "image": ...}``), optionally ``negatives`` (a list
+            of such sides; csv: ``negative_1``, ``negative_2``, ...) and ``instruction`` (for the query). In csv
+            files an image-only or image+text side uses the columns ``query_image`` / ``positive_image`` /
+            ``negative_1_image``.
+        image_root: Folder image paths are relative to; defaults to the file's folder (or the working directory).
+
+    Returns:
+        A ``datasets.Dataset`` with ``anchor``, ``positive`` and ``negative_1`` .. ``negative_k``.
+
+    Raises:
+        ValueError: For missing columns, rows with different negative counts, or images outside the root.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        root = Path(image_root) if image_root is not None else Path(source).parent
+        rows = list(_rows(source))
+    else:
+        root = Path(image_root) if image_root is not None else Path.cwd()
+        rows = [(f"row {index}", dict(row)) for index, row in enumerate(source)]
+    records, width = [], None
+    for where, row in rows:
+        sides = {}
+        for name in ("query", "positive"):
+            value = row.get(name)
+            if row.get(f"{name}_image"):  # the csv form
+                value = {"text": value or None, "image": row[f"{name}_image"]}
+            sides[name] = value
+        negatives = list(row.get("negatives") or [])
+        index = 1
+        while f"negative_{index}" in row and (row[f"negative_{index}"] or row.get(f"negative_{index}_image")):
+            text, image = row[f"negative_{index}"] or None, row.get(f"negative_{index}_image") or None
+            negatives.append({"text": text, "image": image} if image else text)
+            index += 1
+        if width is None:
+            width = len(negatives)
+        elif len(negatives) != width:
+            raise ValueError(f"{where}: {len(negatives)} negatives, but earlier rows have {width}; use equal counts.")
+        record = {
+            "anchor": _item(sides["query"], root, f"{where} query", row.get("instruction") or None),
+            "positive": _item(sides["positive"], root, f"{where} positive"),
+        }
+        for number, negative in enumerate(negatives, start=1):
+            record[f"negative_{number}"] = _item(negative, root, f"{where} negative {number}")
+        records.append(record)
+    return _dataset(records)
+
+
+def mbeir_train(
+    root: str | Path,
+    *,
+    tasks: list[str] | None = None,
+    instructions: bool = True,
+    epochs: int = 1,
+    seed: int = 0,
+    max_queries_per_task: int | None = None,
+):
+    """M-BEIR training queries with one random positive and one random instruction per sample and epoch.
+
+    Candidates come from the union training pool (``cand_pool/global/mbeir_union_train_cand_pool.jsonl``) when it
+    exists, else from each task's local pool. The draw for row ``i`` of epoch ``e`` uses
+    ``random.Random(f"{seed}:{e}:{qid}")``; with ``epochs > 1`` the epochs' draws are stacked (train them as one
+    pass), so every epoch sees fresh draws and a resumed run sees the same ones.
+
+    Args:
+        root: The M-BEIR data root (real or synthetic).
+        tasks: Task names (``<dataset>_task<id>``); default: every task with a training split.
+        instructions: Put a task instruction on each query (recipe stage 3 on; off for stages 1-2 style runs).
+        epochs: Number of epochs to draw.
+        seed: Seed of the draws.
+        max_queries_per_task: Keep only the first N queries of each task (for quick runs).
+
+    Returns:
+        A ``datasets.Dataset`` with ``anchor`` (query item) and ``positive`` (candidate item).
+    """
+    from .mbeir import MBEIRData
+
+    data = MBEIRData(root)
+    selected = data.resolve_tasks(tasks, split="train")
+    union = Path(root) / "cand_pool" / "global" / "mbeir_union_train_cand_pool.jsonl"
+    pool_paths = [union] if union.is_file() else [data.pool_path(task, "local", "train") for task in selected]
+    pool = {candidate.did: candidate for path in pool_paths for candidate in data.iter_candidates(path)}
+    records = []
+    for epoch in range(epochs):
+        for task in selected:
+            for number, query in enumerate(data.iter_queries(task, "train")):
+                if max_queries_per_task is not None and number >= max_queries_per_task:
+                    break
+                positives = [did for did in query.pos_cand_list if did in pool]
+                if not positives:
+                    logger.warning("%s: query %s has no positive in the pool; skipped", query.source, query.qid)
+                    continue
+                rng = random.Random(f"{seed}:{epoch}:{query.qid}")
+                positive = pool[rng.choice(positives)]
+                instruction = None
+                if instructions:
+                    dataset_id = int(query.qid.split(":")[0])
+                    instruction = rng.choice(
+                        data.instructions_for(dataset_id, query.modality, task.candidate_modality)
+                    )
+                records.append(
+                    {
+                        "anchor": data.query_item(query, instruction),
+                        "positive": _as_dict(data.candidate_item(positive)),
+                    }
+                )
+    return _dataset(records)
+
+
+def _as_dict(item: str | dict[str, Any]) -> dict[str, Any]:
+    """One column type for every row: text candidates become ``{"text": ..., "image": None}``."""
+    return {"text": item, "image": None} if isinstance(item, str) else item
