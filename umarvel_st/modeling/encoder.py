@@ -180,12 +180,9 @@ class UMarvelTransformer(Transformer):
         ]
 
     def _process(self, items: list[Item]) -> dict[str, Any]:
-        texts = [
-            self.processor.apply_chat_template(
-                self._messages(item), tokenize=False, add_generation_prompt=self.generation_prompt
-            )
-            for item in items
-        ]
+        texts = self.processor.apply_chat_template(
+            [self._messages(item) for item in items], tokenize=False, add_generation_prompt=self.generation_prompt
+        )  # one call renders the batch
         images = [prepare_image(item.image, self.min_pixels, self.max_pixels) for item in items if item.image]
         videos = [
             [prepare_image(frame, self.min_pixels, self.max_pixels) for frame in item.video]
