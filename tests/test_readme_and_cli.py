@@ -34,3 +34,18 @@ def test_demo_prints_the_similarity_table(capsys):
     rows = [line for line in out.splitlines() if re.match(r"q\d ", line)]
     assert len(rows) == 3
     assert all(len(re.findall(r"[+-]\d\.\d{3}", row)) == 7 for row in rows)
+
+
+def test_readme_finetune_command_runs_as_written(tmp_path, monkeypatch):
+    import json
+    import shlex
+
+    command = next(
+        line for line in (ROOT / "README.md").read_text().splitlines() if line.startswith("umarvel train finetune")
+    )
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "umarvel_st").symlink_to(Path(umarvel_st.__file__).parent)
+    rows = [{"query": f"query {i}", "positive": f"document {i}", "instruction": "Find it."} for i in range(4)]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    assert main(shlex.split(command)[1:]) == 0
+    assert (tmp_path / "runs" / "finetune" / "01-pairs" / "model" / "modules.json").is_file()

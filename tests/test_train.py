@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -170,3 +171,20 @@ def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(data, tmp_pa
     b = SentenceTransformer(str(fresh), trust_remote_code=True).encode(items)
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert train(load_recipe(killed)) == resumed  # a finished run redoes nothing
+
+
+def test_fine_tune_a_model_loaded_by_hub_id_from_a_local_cache(tmp_path):
+    import umarvel_st
+    from umarvel_st.testing import install_in_hub_cache
+
+    checkpoint = Path(umarvel_st.__file__).parent / "assets" / "tiny-umarvel-qwen2vl"
+    umarvel_st.from_mllm(str(checkpoint)).save(str(tmp_path / "saved"))
+    install_in_hub_cache(tmp_path / "saved", tmp_path / "hub", "org/u-marvel")
+    rows = [{"query": f"query {i}", "positive": f"document {i}"} for i in range(4)]
+    (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "hub")}
+    command = [sys.executable, "-m", "umarvel_st.cli", "train", "finetune", "--set", "base_model=org/u-marvel"]
+    command += ["--set", f"stages.0.data.path={tmp_path / 'pairs.jsonl'}", "--set", f"output_dir={tmp_path / 'run'}"]
+    subprocess.run(command, env=env, check=True, timeout=600)
+    config = json.loads((tmp_path / "run" / "01-pairs" / "run_config.json").read_text())
+    assert config["train"]["train_loss"] > 0 and (tmp_path / "run" / "01-pairs" / "model" / "modules.json").is_file()

@@ -61,7 +61,7 @@ def build_dataset(stage: StageConfig, seed: int):
     if kind == "captions":
         return training.image_captions(**options)
     if kind == "pairs":
-        return training.custom_pairs(**options)
+        return training.custom_pairs(options.pop("path"), **options)
     return training.mbeir_train(**options, instructions=stage.instructions, epochs=stage.epochs, seed=seed)
 
 
