@@ -37,8 +37,8 @@ def measure(size: str, batch_size: int, variant: str, steps: int, device: str) -
 
     import umarvel_st
     from umarvel_st.testing import build_tiny_backbone, make_test_image
-    from umarvel_st.train.losses import CachedInfoNCELoss, InfoNCELoss
     from umarvel_st.train.lora import apply_lora
+    from umarvel_st.train.losses import CachedInfoNCELoss, InfoNCELoss
 
     options = VARIANTS[variant]
     torch.manual_seed(0)
