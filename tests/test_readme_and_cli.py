@@ -28,12 +28,22 @@ def test_readme_starts_with_the_two_setup_commands():
     assert "pytest" in lines[start + 2] and lines[start + 3] == "```"
 
 
-def test_demo_prints_the_similarity_table(capsys):
-    assert main(["demo"]) == 0
+def test_demo_retrieves_with_the_embedded_model(capsys, tmp_path):
+    from umarvel_st.data.synthetic import make_synthetic_mbeir
+
+    make_synthetic_mbeir(tmp_path / "data", test_queries=6, train_queries=1, pool_size=20)
+    assert main(["demo", "--data", str(tmp_path / "data")]) == 0
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if re.match(r"q\d ", line)]
-    assert len(rows) == 3
-    assert all(len(re.findall(r"[+-]\d\.\d{3}", row)) == 7 for row in rows)
+    rows = [line for line in out.splitlines() if re.match(r"\w+_task\d .*\d+\.\d% +\d+\.\d%$", line)]
+    assert len(rows) == 7
+    assert sum(line.startswith("  query ") for line in out.splitlines()) == 6 and "(* marks a correct hit)" in out
+
+
+def test_embedded_model_carries_the_current_modeling_code():
+    package = Path(umarvel_st.__file__).parent
+    for name in ("backbones.py", "encoder.py", "inputs.py", "pooling.py", "remote_code.py"):
+        shipped = package / "assets" / "umarvel-demo" / name
+        assert shipped.read_bytes() == (package / "modeling" / name).read_bytes(), f"re-copy {name} into the asset"
 
 
 def test_readme_finetune_command_runs_as_written(tmp_path, monkeypatch):

@@ -188,3 +188,19 @@ def test_fine_tune_a_model_loaded_by_hub_id_from_a_local_cache(tmp_path):
     subprocess.run(command, env=env, check=True, timeout=600)
     config = json.loads((tmp_path / "run" / "01-pairs" / "run_config.json").read_text())
     assert config["train"]["train_loss"] > 0 and (tmp_path / "run" / "01-pairs" / "model" / "modules.json").is_file()
+
+
+@pytest.mark.slow
+def test_embedded_demo_model_beats_the_untrained_baseline(tmp_path):
+    """The shipped model on the default synthetic benchmark's held-out split (as in benchmarks/results)."""
+    from sentence_transformers import SentenceTransformer
+
+    import umarvel_st
+    from umarvel_st.evaluation.mbeir_evaluator import MBEIREvaluator
+
+    make_synthetic_mbeir(tmp_path / "data")
+    model = SentenceTransformer(
+        str(Path(umarvel_st.__file__).parent / "assets" / "umarvel-demo"), trust_remote_code=True
+    )
+    results = MBEIREvaluator(tmp_path / "data", show_progress_bar=False).evaluate(model)
+    assert results["tasks"]["mscoco_task0"]["score"] >= 0.8 and results["average"] >= 0.5  # untrained: 0.036

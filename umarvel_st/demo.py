@@ -1,78 +1,93 @@
-"""``umarvel demo``: embed the bundled example items with the embedded default model and print similarities.
+"""``umarvel demo``: retrieval with the embedded default model on held-out queries of the synthetic benchmark.
 
-The embedded default is the tiny random Qwen2-VL checkpoint on which the official U-MARVEL code produced the
-reference embeddings the tests check against; it runs offline in a second on a CPU. Its similarities are those of
-an untrained network: the point is the pipeline (instructions, images, image+text), not the ranking.
+The embedded default is a tiny Qwen2-VL (hidden 64, 2 layers) trained by the ``demo`` recipe on the training split
+of the synthetic M-BEIR-format benchmark (``umarvel make-synthetic``) on 2 CPU cores. The demo writes that benchmark
+(deterministic, seed 0) to a cache folder on first use, scores the model on the test split (queries it never saw),
+and shows a few queries with their top hits. Everything runs offline.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
+from typing import Any
 
 ASSETS = Path(__file__).parent / "assets"
-DEFAULT_MODEL = ASSETS / "tiny-umarvel-qwen2vl"
-
-CANDIDATES: list[dict[str, str | None]] = [
-    {"text": "a red square on a blue background", "image": None},
-    {"text": "Two cats sleeping on a sofa.", "image": None},
-    {"text": "a bowl of fresh fruit on a wooden table", "image": None},
-    {"text": None, "image": "img_gradient_84x56.png"},
-    {"text": None, "image": "img_checker_56x56.png"},
-    {"text": "a red square and a yellow circle on blue", "image": "img_shapes_112x56.png"},
-    {"text": "diagonal stripes in orange and green", "image": "img_stripes_70x50.png"},
-]
-QUERIES: list[dict[str, str | None]] = [
-    {
-        "text": "a colourful gradient from left to right",
-        "image": None,
-        "instruction": "Identify the image showcasing the described everyday scene.",
-    },
-    {
-        "text": None,
-        "image": "img_radial_56x84.png",
-        "instruction": "Find an image caption describing the following everyday image.",
-    },
-    {
-        "text": "make the background green",
-        "image": "img_blocks_84x84.png",
-        "instruction": "Retrieve a day-to-day image that aligns with the modification instructions of the provided "
-        "image.",
-    },
-]
+DEFAULT_MODEL = ASSETS / "umarvel-demo"
+EXAMPLE_TASKS = ("mscoco_task0", "mscoco_task3", "cirr_task7")
 
 
-def _resolve(item: dict[str, str | None]) -> dict[str, str | None]:
-    image = item.get("image")
-    return {**item, "image": str(ASSETS / "images" / image) if image else None}
+def default_data_dir() -> Path:
+    """Where the demo keeps the synthetic benchmark: ``$XDG_CACHE_HOME/umarvel-st/synthetic-mbeir``."""
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return cache / "umarvel-st" / "synthetic-mbeir"
 
 
-def _label(item: dict[str, str | None]) -> str:
-    parts = [f"[{item['image']}]"] if item.get("image") else []
+def _describe(item: Any, root: Path) -> str:
+    if isinstance(item, str):
+        return repr(item if len(item) <= 60 else item[:57] + "...")
+    parts = []
+    if item.get("image"):
+        parts.append(f"[{os.path.relpath(item['image'], root)}]")
     if item.get("text"):
-        parts.append(str(item["text"]))
-    label = " ".join(parts)
-    return label if len(label) <= 44 else label[:41] + "..."
+        parts.append(repr(item["text"]))
+    return " ".join(parts)
+
+
+def _examples(model: Any, data: Any, task_name: str, count: int = 2, top: int = 3) -> list[str]:
+    """Lines showing ``count`` held-out queries of a task with their ``top`` hits (positives marked)."""
+    import numpy as np
+
+    from .data.mbeir import MBEIRTask
+
+    task = MBEIRTask.from_name(task_name)
+    candidates = list(data.iter_candidates(data.pool_path(task, "local", "test")))
+    qrels = data.load_qrels(task, "test")
+    queries = [query for _, query in zip(range(count), data.iter_queries(task, "test"), strict=False)]
+    items = [data.query_item(query, data.eval_instruction(query, task)) for query in queries]
+    docs = [data.candidate_item(candidate) for candidate in candidates]
+    scores = (
+        model.encode_query(items, show_progress_bar=False) @ model.encode_document(docs, show_progress_bar=False).T
+    )
+    lines = [f"{task.name} ({task.query_modality} -> {task.candidate_modality}), pool of {len(candidates)}:"]
+    for query, item, row in zip(queries, items, scores, strict=True):
+        lines.append(f"  query {_describe(item, data.root)}  instruction: {item['instruction']!r}")
+        for rank, index in enumerate(np.argsort(-row)[:top], start=1):
+            mark = "*" if candidates[index].did in qrels.get(query.qid, []) else " "
+            lines.append(f"    {rank}.{mark} {row[index]:+.3f} {_describe(docs[index], data.root)}")
+    return lines
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder or Hub id (default: embedded)")
+    parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder (default: the embedded model)")
+    parser.add_argument("--data", default=None, help="synthetic benchmark folder (default: written to the cache)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from .model import from_mllm
+    from sentence_transformers import SentenceTransformer
 
-    model = from_mllm(args.model)
-    queries = model.encode_query([_resolve(item) for item in QUERIES], show_progress_bar=False)
-    candidates = model.encode_document([_resolve(item) for item in CANDIDATES], show_progress_bar=False)
-    scores = model.similarity(queries, candidates)
-    print(f"model: {args.model}  (dimension {candidates.shape[1]})")
-    print("query x candidate similarity (dot product of unit vectors):\n")
-    print(" " * 48 + " ".join(f"c{index:<5}" for index in range(len(CANDIDATES))))
-    for index, item in enumerate(QUERIES):
-        row = " ".join(f"{float(score):+.3f}" for score in scores[index])
-        print(f"q{index} {_label(item):<44} {row}")
-    print("\ncandidates:")
-    for index, item in enumerate(CANDIDATES):
-        print(f"  c{index}  {_label(item)}")
+    from .data.mbeir import MBEIRData
+    from .data.synthetic import MARKER_FILE, make_synthetic_mbeir
+    from .evaluation.mbeir_evaluator import MBEIREvaluator
+
+    data_dir = Path(args.data) if args.data else default_data_dir()
+    if not (data_dir / MARKER_FILE).is_file():
+        print(f"writing the synthetic benchmark to {data_dir} (once) ...")
+        make_synthetic_mbeir(data_dir)
+    model = SentenceTransformer(args.model, trust_remote_code=True)
+    results = MBEIREvaluator(data_dir, split="test", pool="local", show_progress_bar=False).evaluate(model)
+    print(f"model: {args.model}\nheld-out test queries of the synthetic benchmark at {data_dir}, local pools:\n")
+    print(f"{'task':<14} {'query -> candidate':<20} {'queries':>7} {'Recall@k':>9} {'chance':>7}")
+    for name, row in results["tasks"].items():
+        k = row["k"]
+        print(
+            f"{name:<14} {row['modalities']:<20} {row['num_queries']:>7} "
+            f"{100 * row['score']:>8.1f}% {100 * row[f'chance_hit@{k}']:>6.1f}%"
+        )
+    print(f"{'average':<43} {100 * results['average']:>8.1f}%\n")
+    data = MBEIRData(data_dir)
+    for task in EXAMPLE_TASKS:
+        print("\n".join(_examples(model, data, task)) + "\n")
+    print("(* marks a correct hit)")
     return 0

@@ -49,11 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def load_model(model: str, device: str | None = None) -> Any:
-    """A saved sentence-transformers folder as is, anything else through :func:`umarvel_st.from_mllm`."""
+    """A saved sentence-transformers folder as is, anything else through :func:`umarvel_st.from_mllm`.
+
+    A saved U-MARVEL model carries its modeling code, which sentence-transformers runs only with
+    ``trust_remote_code=True``: the user chose the folder, as with any ``umarvel`` command.
+    """
     if (Path(model) / "modules.json").is_file():
         from sentence_transformers import SentenceTransformer
 
-        return SentenceTransformer(model, device=device)
+        return SentenceTransformer(model, device=device, trust_remote_code=True)
     from .. import from_mllm
 
     return from_mllm(model, device=device)
