@@ -17,7 +17,7 @@ import yaml
 import umarvel_st
 from umarvel_st.hub.card import CardData
 from umarvel_st.hub.publish import write_repo_folder
-from umarvel_st.testing import install_in_hub_cache
+from umarvel_st.testing import BLOCK_UMARVEL_ST, install_in_hub_cache
 
 CHECKPOINT = Path(umarvel_st.__file__).parent / "assets" / "tiny-umarvel-qwen2vl"
 REPO_ID = "org/u-marvel"
@@ -25,20 +25,12 @@ PORTABLE_REPO_ID = "org/u-marvel-portable"
 CODE_BLOCK = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 
 # argv = the two card files; runs each card's Python blocks in order, in one namespace per card, without umarvel_st.
-RUN_CARDS = r"""
-import importlib.abc
+RUN_CARDS = (
+    BLOCK_UMARVEL_ST
+    + r"""
 import re
 import sys
 
-
-class BlockUmarvel(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "umarvel_st" or name.startswith("umarvel_st."):
-            raise ImportError(f"{name} is blocked: a card's snippets must run without umarvel_st")
-        return None
-
-
-sys.meta_path.insert(0, BlockUmarvel())
 blocks = re.compile(r"^```python\n(.*?)^```", re.DOTALL | re.MULTILINE)
 for card in sys.argv[1:]:
     namespace = {}
@@ -46,6 +38,7 @@ for card in sys.argv[1:]:
         exec(compile(block, f"{card}:block{index}", "exec"), namespace)
     print("ran", card, "model", type(namespace["model"][0]).__name__)
 """
+)
 
 
 def write_inputs(root: Path) -> dict[str, Path]:

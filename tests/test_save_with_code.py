@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 import umarvel_st
-from umarvel_st.testing import install_in_hub_cache, make_test_image
+from umarvel_st.testing import BLOCK_UMARVEL_ST, install_in_hub_cache, make_test_image
 
 CHECKPOINT = Path(umarvel_st.__file__).parent / "assets" / "tiny-umarvel-qwen2vl"
 REPO_ID = "org/u-marvel"
@@ -28,20 +28,12 @@ SOURCE_FILES = ["backbones.py", "encoder.py", "inputs.py", "pooling.py", "remote
 PROMPT_NAME = "cirr_task7"
 
 # Runs without umarvel_st: argv = items.json, model folder, re-save folder, Hub id, output folder.
-LOAD_SCRIPT = r"""
-import importlib.abc
+LOAD_SCRIPT = (
+    BLOCK_UMARVEL_ST
+    + r"""
 import json
 import sys
 
-
-class BlockUmarvel(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name == "umarvel_st" or name.startswith("umarvel_st."):
-            raise ImportError(f"{name} is blocked: a saved model must load without umarvel_st")
-        return None
-
-
-sys.meta_path.insert(0, BlockUmarvel())
 try:
     import umarvel_st  # noqa: F401
     blocked = False
@@ -67,6 +59,7 @@ for scenario, source in (("folder", folder), ("resaved", resaved), ("hub", repo_
 report["umarvel_st_modules"] = sorted(name for name in sys.modules if name.startswith("umarvel_st"))
 json.dump(report, open(f"{out}/report.json", "w"))
 """
+)
 
 
 def _items(image_dir: Path) -> dict[str, Any]:

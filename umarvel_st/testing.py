@@ -28,6 +28,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 __all__ = [
+    "BLOCK_UMARVEL_ST",
     "BACKBONES",
     "QWEN2_VL_CHAT_TEMPLATE",
     "QWEN3_VL_CHAT_TEMPLATE",
@@ -609,3 +610,21 @@ def install_in_hub_cache(model_dir: str | Path, hub_cache: str | Path, repo_id: 
     (repo_root / "refs").mkdir(exist_ok=True)
     (repo_root / "refs" / "main").write_text(revision)
     return snapshot
+
+
+#: Python source to put first in a subprocess script: it makes every ``umarvel_st`` import fail, so the script shows
+#: what works with only sentence-transformers installed (a saved model, a published card).
+BLOCK_UMARVEL_ST = """
+import importlib.abc
+import sys
+
+
+class BlockUmarvel(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name == "umarvel_st" or name.startswith("umarvel_st."):
+            raise ImportError(f"{name} is blocked: this must run without umarvel_st")
+        return None
+
+
+sys.meta_path.insert(0, BlockUmarvel())
+"""
