@@ -326,6 +326,28 @@ def parse_candidate(record: dict[str, Any], where: str) -> MBEIRCandidate:
     )
 
 
+def resolve_under(root: str | Path, image_path: str, where: str = "") -> str:
+    """The file ``root / image_path``, checked to lie under ``root`` and to exist.
+
+    The check is on the path as written (``..`` and absolute paths are refused), so an image folder that is a
+    symlink to another disk still works.
+
+    Raises:
+        ValueError: For an absolute or escaping path, or a missing file (the message starts with ``where``).
+    """
+    prefix = f"{where}: " if where else ""
+    relative = os.path.normpath(image_path)
+    if os.path.isabs(image_path) or relative == ".." or relative.startswith(".." + os.sep):
+        raise ValueError(
+            f"{prefix}image path {image_path!r} leaves the data root {root}. Image paths must be relative "
+            "to the data root and stay inside it."
+        )
+    full = Path(root) / relative
+    if not full.is_file():
+        raise ValueError(f"{prefix}image file {full} does not exist. Restore it or fix the record's image path.")
+    return str(full)
+
+
 class MBEIRData:
     """An M-BEIR data root: paths, streaming readers, qrels, instructions and encoder items.
 
@@ -505,25 +527,8 @@ class MBEIRData:
     # Encoder items ---------------------------------------------------------------------------------------------
 
     def resolve_image(self, image_path: str, where: str = "") -> str:
-        """The file of a record's image path, checked to lie under the data root and to exist.
-
-        The check is on the path as written (``..`` and absolute paths are refused), so an image folder that is a
-        symlink to another disk still works.
-
-        Raises:
-            ValueError: For an absolute or escaping path, or a missing file.
-        """
-        prefix = f"{where}: " if where else ""
-        relative = os.path.normpath(image_path)
-        if os.path.isabs(image_path) or relative == ".." or relative.startswith(".." + os.sep):
-            raise ValueError(
-                f"{prefix}image path {image_path!r} leaves the data root {self.root}. Image paths must be relative "
-                "to the data root and stay inside it."
-            )
-        full = self.root / relative
-        if not full.is_file():
-            raise ValueError(f"{prefix}image file {full} does not exist. Restore it or fix the record's image path.")
-        return str(full)
+        """The file of a record's image path under the data root (see :func:`resolve_under`)."""
+        return resolve_under(self.root, image_path, where)
 
     def query_item(self, query: MBEIRQuery, instruction: str | None) -> dict[str, Any]:
         """The ``encode_query`` input of a query: ``{"text", "image", "instruction"}`` (the image as a path)."""

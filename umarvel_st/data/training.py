@@ -21,23 +21,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from .mbeir import resolve_under
+
 logger = logging.getLogger(__name__)
-
-
-def resolve_under(root: str | Path, path: str, where: str = "") -> str:
-    """Return ``root / path``, refusing absolute paths and paths that climb out of ``root``.
-
-    Raises:
-        ValueError: For an escaping path or a missing file (the message names ``where``).
-    """
-    prefix = f"{where}: " if where else ""
-    relative = os.path.normpath(path)
-    if os.path.isabs(path) or relative == ".." or relative.startswith(".." + os.sep):
-        raise ValueError(f"{prefix}image path {path!r} leaves the data root {root}; give a path inside it.")
-    full = Path(root) / relative
-    if not full.is_file():
-        raise ValueError(f"{prefix}image file {full} does not exist.")
-    return str(full)
 
 
 def _rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
