@@ -89,6 +89,13 @@ class Recipe:
         default=None,
         metadata={"help": "Optional M-BEIR evaluation after each stage: {data, tasks, pool, split, batch_size}."},
     )
+    deepspeed: str | None = field(
+        default=None,
+        metadata={
+            "help": "DeepSpeed config passed to the training arguments, e.g. the shipped "
+            "umarvel_st/train/configs/deepspeed_zero2.json (multi-GPU runs under torchrun or accelerate)."
+        },
+    )
 
     def __post_init__(self) -> None:
         if not self.stages:

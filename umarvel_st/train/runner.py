@@ -107,10 +107,6 @@ def run_stage(recipe: Recipe, index: int, init: Path, temperature_from: Path | N
     tau = Temperature(stage.temperature, learnable=stage.learnable_temperature)
     if stage.carry_temperature and temperature_from is not None:
         tau.load(temperature_from)
-    loss_class = CachedInfoNCELoss if stage.cached else InfoNCELoss
-    extra = {"mini_batch_size": stage.mini_batch_size} if stage.cached else {}
-    loss = loss_class(model, temperature=tau, symmetric=stage.loss == "symmetric", **extra)
-
     dataset = build_dataset(stage, recipe.seed)
     # M-BEIR draws fresh positives and instructions per epoch by stacking the epochs' draws into the dataset.
     epochs = 1 if stage.data["kind"] == "mbeir" else stage.epochs
@@ -136,7 +132,13 @@ def run_stage(recipe: Recipe, index: int, init: Path, temperature_from: Path | N
         seed=recipe.seed,
         report_to=[],
         dataloader_drop_last=False,
+        deepspeed=recipe.deepspeed,
     )
+    # Under torchrun / accelerate every query is scored against the candidates of all processes (global batch).
+    loss_class = CachedInfoNCELoss if stage.cached else InfoNCELoss
+    extra = {"mini_batch_size": stage.mini_batch_size} if stage.cached else {}
+    symmetric = stage.loss == "symmetric"
+    loss = loss_class(model, temperature=tau, symmetric=symmetric, gather_across_devices=args.world_size > 1, **extra)
     trainer = SentenceTransformerTrainer(
         model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[TemperatureCallback(tau)]
     )
