@@ -133,6 +133,8 @@ def run_stage(recipe: Recipe, index: int, init: Path, temperature_from: Path | N
         report_to=[],
         dataloader_drop_last=False,
         deepspeed=recipe.deepspeed,
+        # The only buffers are fixed rotary tables; broadcasting them hung a 2-process gloo run (tests/test_distributed).
+        ddp_broadcast_buffers=False,
     )
     # Under torchrun / accelerate every query is scored against the candidates of all processes (global batch).
     loss_class = CachedInfoNCELoss if stage.cached else InfoNCELoss
