@@ -502,7 +502,7 @@ def build_tiny_backbone(
 
     Example:
         >>> from umarvel_st.testing import build_tiny_backbone
-        >>> path = build_tiny_backbone("qwen2_vl", "/tmp/tiny-qwen2vl", with_umarvel_tokens=True)  # doctest: +SKIP
+        >>> path = build_tiny_backbone("qwen2_vl", "tiny-qwen2vl", with_umarvel_tokens=True)  # doctest: +SKIP
     """
     _check_choice("model_type", model_type, BACKBONES)
     _check_choice("size", size, SIZES)

@@ -2,8 +2,8 @@
 
 Example::
 
-    umarvel make-synthetic /tmp/mbeir-synthetic
-    umarvel eval mbeir --model path/to/model --data /tmp/mbeir-synthetic --pool local --split test
+    umarvel make-synthetic data/mbeir-synthetic
+    umarvel eval mbeir --model path/to/model --data data/mbeir-synthetic --pool local --split test
 
 The model is a saved sentence-transformers folder (it has ``modules.json``) or a Qwen-VL checkpoint, converted
 with :func:`umarvel_st.from_mllm`. Embeddings are cached under ``--cache-dir`` (default ``<output>/embeddings``):
