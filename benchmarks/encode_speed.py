@@ -717,8 +717,8 @@ def render_markdown(report: dict[str, Any]) -> str:
         f"usable), torch threads {machine['torch_threads']} (`--threads`), device `{machine['device']}`"
         + (f" ({machine['gpu']})" if machine["gpu"] else "")
         + f", {machine['platform']}.",
-        "- **Measured on a shared machine**: other engineers were running test suites on the same cores at the same "
-        "time, so absolute numbers are noisy and bursty. The variants are interleaved batch by batch (each batch of a "
+        "- Other processes may share the cores (the load averages below tell: above the core count, they competed), "
+        "so the variants are interleaved batch by batch (each batch of a "
         "kind runs through the three variants back to back, order rotated from batch to batch; the batches are the "
         "ones a single `encode(items)` call forms); tables give medians over "
         f"{args['repeats']} repeats, and the notes the ratio of every repeat. "
