@@ -194,3 +194,19 @@ def test_a_built_model_stays_picklable_for_multi_process_encoding() -> None:
     model = umarvel_st.from_mllm(str(CHECKPOINT))
     clone = pickle.loads(pickle.dumps(model))
     np.testing.assert_array_equal(clone.encode(["a red square"]), model.encode(["a red square"]))
+
+
+def test_load_uses_installed_classes_and_runs_no_folder_code(tmp_path: Path) -> None:
+    """``umarvel_st.load`` restores a saved model without ``trust_remote_code``: the folder's code never runs."""
+    from sentence_transformers import SentenceTransformer
+
+    model = umarvel_st.from_mllm(str(CHECKPOINT), summarize_suffix=False, max_pixels=64 * 28 * 28)
+    model.save(str(tmp_path))
+    (tmp_path / "encoder.py").write_text("raise RuntimeError('folder code ran')\n")
+    with pytest.raises(ValueError, match="trust_remote_code"):
+        SentenceTransformer(str(tmp_path))  # plain sentence-transformers refuses the custom types
+    loaded = umarvel_st.load(tmp_path)
+    assert type(loaded[0]) is type(model[0])
+    assert loaded[0].summarize_suffix is False and loaded[0].max_pixels == 64 * 28 * 28
+    items = ["a red square", make_test_image(56, 84, seed=1)]
+    np.testing.assert_array_equal(loaded.encode_document(items), model.encode_document(items))

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .hub.publish import publish
-from .model import from_mllm
+from .model import from_mllm, load
 
-__all__ = ["from_mllm", "publish"]
+__all__ = ["from_mllm", "load", "publish"]
 __version__ = "0.1.0"

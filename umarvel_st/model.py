@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Normalize
 
 from .modeling import MBEIR_INSTRUCTIONS, InstructionMaskedMeanPooling, UMarvelTransformer
-from .modeling.remote_code import flatten_module_types
+from .modeling.remote_code import PACKAGE_PREFIX, flatten_module_types
+
+# Every ``modules.json`` type this package writes (flat, as saved) or wrote (the package path), mapped to the
+# installed class, so that :func:`load` never imports code from the folder.
+MODULE_CLASSES: dict[str, type] = {
+    f"{prefix}{cls.__module__.rpartition('.')[2]}.{cls.__name__}": cls
+    for cls in (UMarvelTransformer, InstructionMaskedMeanPooling)
+    for prefix in ("", PACKAGE_PREFIX)
+}
 
 
 class UMarvelSentenceTransformer(SentenceTransformer):
@@ -63,3 +72,28 @@ def from_mllm(
         prompts=dict(MBEIR_INSTRUCTIONS if prompts is None else prompts),
         similarity_fn_name="dot",
     )
+
+
+def load(model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> SentenceTransformer:
+    """Load a saved U-MARVEL model (folder or Hub id) with this package's installed classes.
+
+    ``SentenceTransformer(path, trust_remote_code=True)`` would import the modeling code stored in the folder.
+    This loader resolves the U-MARVEL module types to the installed classes instead, so it needs no
+    ``trust_remote_code`` and runs no code from the folder; every saved option (suffix, pixel budget, positions,
+    prompts...) is restored. Other non-sentence-transformers types in ``modules.json`` are refused unless
+    ``trust_remote_code=True`` is passed, exactly as in sentence-transformers.
+
+    Args:
+        model_name_or_path: A folder written by ``model.save`` / ``umarvel convert`` / ``umarvel train``, or the
+            Hub id of such a repository.
+        **kwargs: Passed to :class:`~sentence_transformers.SentenceTransformer` (``device``, ``model_kwargs``,
+            ``revision``, ``cache_folder``, ``local_files_only``...).
+
+    Returns:
+        The model; its ``save`` writes the modeling code again.
+
+    Example:
+        >>> model = load("my-umarvel")  # doctest: +SKIP
+    """
+    # ST resolves types listed in `module_classes` to the given classes instead of importing them.
+    return UMarvelSentenceTransformer._load_with_module_classes(os.fspath(model_name_or_path), MODULE_CLASSES, **kwargs)
