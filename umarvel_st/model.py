@@ -96,4 +96,6 @@ def load(model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> SentenceT
         >>> model = load("my-umarvel")  # doctest: +SKIP
     """
     # ST resolves types listed in `module_classes` to the given classes instead of importing them.
-    return UMarvelSentenceTransformer._load_with_module_classes(os.fspath(model_name_or_path), MODULE_CLASSES, **kwargs)
+    return UMarvelSentenceTransformer._load_with_module_classes(
+        os.fspath(model_name_or_path), MODULE_CLASSES, **kwargs
+    )
