@@ -64,3 +64,27 @@ def test_readme_finetune_command_runs_as_written(tmp_path, monkeypatch):
     (tmp_path / "pairs.jsonl").write_text("\n".join(json.dumps(row) for row in rows))
     assert main(shlex.split(command)[1:]) == 0
     assert (tmp_path / "runs" / "finetune" / "01-pairs" / "model" / "modules.json").is_file()
+
+
+def _readme_commands(section: str) -> list[list[str]]:
+    """The ``umarvel`` command lines of the first bash block after the README heading ``section``."""
+    import shlex
+
+    text = (ROOT / "README.md").read_text()
+    block = re.search(re.escape(section) + r"\n.*?```bash\n(.*?)```", text, re.S).group(1)
+    return [shlex.split(line, comments=True) for line in block.splitlines() if line.startswith("umarvel ")]
+
+
+def test_readme_mbeir_evaluation_commands_run_as_written(tmp_path, monkeypatch):
+    import json
+
+    commands = _readme_commands("## Evaluation on M-BEIR")
+    assert [words[:2] for words in commands] == [["umarvel", "make-synthetic"], ["umarvel", "eval"]]
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "umarvel_st").symlink_to(Path(umarvel_st.__file__).parent)
+    for words in commands:
+        assert main(words[1:]) == 0, words
+    output = Path(commands[1][commands[1].index("--output") + 1])
+    results = json.loads((output / "results.json").read_text())
+    assert 0.0 <= results["average"] <= 1.0 and len(results["tasks"]) == 7
+    assert (output / "report.md").is_file() and (output / "report.png").stat().st_size > 0
