@@ -9,6 +9,7 @@ import base64
 import http.server
 import io
 import ipaddress
+import re
 import struct
 import threading
 import time
@@ -70,14 +71,16 @@ def test_image_path_string_embeds_as_the_image(model, tmp_path):
     np.testing.assert_allclose(as_path, as_image, atol=1e-6)
 
 
-def test_missing_image_path_string_is_an_error_not_text():
-    with pytest.raises(ValueError, match=r"Batch item 4: .*'photos/missing\.JPG' does not exist"):
-        normalize_item("photos/missing.JPG", 4)
+@pytest.mark.parametrize("path", ["photos/missing.JPG", "missing.png", "/data/My Photos/missing.webp"])
+def test_missing_image_path_string_is_an_error_not_text(path):
+    with pytest.raises(ValueError, match=f"Batch item 4: .*{re.escape(repr(path))} does not exist"):
+        normalize_item(path, 4)
 
 
-def test_text_in_a_dict_is_always_text():
-    assert normalize_item({"text": "photos/missing.jpg"}, 0).text == "photos/missing.jpg"
-    assert normalize_item("a caption that mentions\nfile.png", 0).image is None  # multi-line strings are text
+def test_sentences_ending_in_a_file_name_stay_text():
+    for text in ("a photo saved as cat.jpg", "a caption that mentions\nfile.png"):
+        assert normalize_item(text, 0).text == text
+    assert normalize_item({"text": "photos/missing.jpg"}, 0).text == "photos/missing.jpg"  # dict text is text
 
 
 def test_extension_list_matches_sentence_transformers():

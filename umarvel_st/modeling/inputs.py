@@ -343,8 +343,13 @@ def _is_array(value: Any) -> bool:
 
 def _names_an_image(text: str) -> bool:
     """sentence-transformers' rule for a string that is an image (a ``data:image/`` URI, an image URL, an existing
-    image file), widened to one-line image paths that do not exist, so that a mistyped path is an error, not text."""
-    return is_image_url_or_path(text) or ("\n" not in text and text.lower().endswith(IMAGE_EXTENSIONS))
+    image file), widened to path-like strings that do not exist (an image extension, and no white space or a path
+    start such as ``/`` or ``./``), so that a mistyped path is an error, while a sentence that ends in a file name
+    stays text."""
+    if is_image_url_or_path(text):
+        return True
+    path_like = not any(char.isspace() for char in text) or text.startswith(("/", "./", "../", "~"))
+    return path_like and "\n" not in text and text.lower().endswith(IMAGE_EXTENSIONS)
 
 
 def _too_large(label: str, size: str, limits: _Limits) -> str:
@@ -658,7 +663,8 @@ def normalize_item(
 
     * ``str``: text; but a string that names an image (``data:image/...;base64,`` URI, ``http(s)://`` URL or file
       path ending in an image extension of sentence-transformers' list) is an image, and one that names a video
-      file is an error. A path that does not exist is an error, never text (pass ``{"text": ...}`` for such text).
+      file is an error. A path that does not exist is an error, never text (pass ``{"text": ...}`` for such text);
+      a sentence with spaces that merely ends in a file name stays text.
     * ``PIL.Image.Image`` or a 3-D ``numpy.ndarray`` / ``torch.Tensor`` (HWC or CHW; uint8, or float in [0, 1]).
     * Video frames: a list of images or a 4-D array (an odd frame count gets its last frame repeated).
     * A dict with keys among ``text``, ``image`` (any image form above; a string is always an image reference
