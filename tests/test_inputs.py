@@ -104,7 +104,7 @@ def test_video_frames_embed_differently_from_a_single_frame(model):
         ("   ", ValueError, "nothing to embed"),
         ({"image": "does/not/exist.png"}, ValueError, "does not exist"),
         ({"image": b"not an image"}, ValueError, "cannot decode"),
-        ({"image": 3.5}, TypeError, "must be a PIL.Image.Image, a file path or bytes"),
+        ({"image": 3.5}, TypeError, "must be a PIL.Image.Image, a 3-D numpy array or torch tensor, a file path"),
         ({"text": "x", "caption": "y"}, ValueError, "unknown keys"),
         ({"text": 7}, TypeError, "'text' must be a string"),
         ({"image": Image.new("RGB", (0, 10))}, ValueError, "no pixels"),

@@ -32,10 +32,12 @@ from .inputs import (
     EMB_TOKEN,
     INSTRUCTION_END,
     INSTRUCTION_START,
+    MAX_IMAGE_PIXELS,
     MAX_PIXELS,
     MIN_PIXELS,
     UMARVEL_TOKENS,
     Item,
+    check_image_options,
     normalize_item,
     prepare_image,
     user_text,
@@ -66,6 +68,9 @@ class UMarvelTransformer(Transformer):
             Qwen-VL's native multimodal rotary positions.
         image_backend: Image-processor backend; ``None`` picks the reference's (PIL for Qwen2-VL, torchvision for
             Qwen3-VL).
+        allow_urls: Fetch ``http(s)://`` image URLs (bounded in size and time, public hosts only); refused if False.
+        max_image_pixels: Refuse images whose header declares more pixels (checked before decoding); ``None``
+            turns this check off (PIL's own ``Image.MAX_IMAGE_PIXELS`` still applies).
         **kwargs: Passed to :class:`sentence_transformers.base.modules.Transformer` (``model_kwargs``,
             ``processor_kwargs``, ``max_seq_length``...). ``model_kwargs["dtype"]`` defaults to float32 on CPU and
             bfloat16 when CUDA is available; ``attn_implementation`` to ``"sdpa"``.
@@ -78,6 +83,8 @@ class UMarvelTransformer(Transformer):
         "max_pixels",
         "position_mode",
         "image_backend",
+        "allow_urls",
+        "max_image_pixels",
     ]
 
     def __init__(
@@ -90,6 +97,8 @@ class UMarvelTransformer(Transformer):
         max_pixels: int = MAX_PIXELS,
         position_mode: PositionMode = "sequential",
         image_backend: ImageBackend | None = None,
+        allow_urls: bool = False,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         **kwargs: Any,
     ) -> None:
         if position_mode not in ("sequential", "mrope"):
@@ -100,6 +109,7 @@ class UMarvelTransformer(Transformer):
             raise ValueError(
                 f"Need 0 < min_pixels <= max_pixels, got min_pixels={min_pixels}, max_pixels={max_pixels}."
             )
+        check_image_options(allow_urls, max_image_pixels)
         model_kwargs = dict(kwargs.pop("model_kwargs", None) or {})
         model_kwargs.setdefault("dtype", torch.bfloat16 if torch.cuda.is_available() else torch.float32)
         model_kwargs.setdefault("attn_implementation", "sdpa")
@@ -115,6 +125,8 @@ class UMarvelTransformer(Transformer):
         self.max_pixels = max_pixels
         self.position_mode = position_mode
         self.image_backend = image_backend or self.backbone.image_backend
+        self.allow_urls = allow_urls
+        self.max_image_pixels = max_image_pixels
 
         processor_kwargs = {
             key: value
@@ -232,7 +244,10 @@ class UMarvelTransformer(Transformer):
         Returns:
             ``input_ids``, ``attention_mask``, ``pooling_mask`` (1 = averaged), and the image/video tensors.
         """
-        items = [normalize_item(value, index) for index, value in enumerate(inputs)]
+        items = [
+            normalize_item(value, index, allow_urls=self.allow_urls, max_image_pixels=self.max_image_pixels)
+            for index, value in enumerate(inputs)
+        ]
         if prompt:
             for item in items:
                 if item.instruction is None:
