@@ -217,3 +217,15 @@ def test_malformed_text_files_name_file_line_and_fix(bench: Path, tmp_path: Path
     instructions.unlink()
     with pytest.raises(ValueError, match="does not exist.*Copy instructions/query_instructions.tsv"):
         MBEIRData(root).instructions_for(9, "text", "image")
+
+
+def test_a_line_is_bounded(bench: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import umarvel_st.data.mbeir as mbeir
+
+    root = _copy(bench, tmp_path)
+    task = MBEIRTask.from_name("webqa_task1")
+    path = MBEIRData(root).query_path(task, "test")
+    monkeypatch.setattr(mbeir, "MAX_LINE_BYTES", 64)
+    path.write_text("x" * 200)  # e.g. a file without line breaks: never read whole
+    with pytest.raises(ValueError, match=rf"{path}:1: line longer than 64 bytes"):
+        list(MBEIRData(root).iter_queries(task, "test"))

@@ -303,8 +303,11 @@ def encode_to_store(
 ) -> None:
     """Encode a stream of items into ``store``, resuming where an earlier run stopped.
 
+    Only the shards that are missing (or were damaged, see the module docstring) are encoded, so rerunning after an
+    interruption gives the same shards as an uninterrupted run.
+
     Args:
-        store: Target store; nothing happens if it is complete.
+        store: Target store; nothing is encoded if it is complete and intact.
         items_from: ``items_from(start)`` yields the items from position ``start`` on (so skipped items are never
             built, and images of skipped candidates never touched).
         total: Number of items in the stream.
