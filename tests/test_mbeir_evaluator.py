@@ -242,3 +242,87 @@ def test_cli_global_pool_with_process_pool_on_default_benchmark(
     assert main([*common, "--pool", "global", "--output", str(tmp_path / "global"), "--devices", "cpu", "cpu"]) == 0
     results = json.loads((tmp_path / "global/results.json").read_text())
     assert results["num_tasks"] == 7 and {row["pool_size"] for row in results["tasks"].values()} == {1435}
+
+
+def test_bad_task_lists_and_files_are_refused_before_encoding(bench_copy: Path) -> None:
+    with pytest.raises(ValueError, match="tasks is empty"):
+        MBEIREvaluator(bench_copy, [])
+    queries = bench_copy / "query/test/mbeir_webqa_task1_test.jsonl"
+    saved = queries.read_text()
+    queries.write_text("\n")
+    with pytest.raises(ValueError, match=rf"{queries} holds no queries"):
+        MBEIREvaluator(bench_copy, ["webqa_task1"], show_progress_bar=False).evaluate(None)
+    queries.write_text(saved)
+    pool = bench_copy / "cand_pool/local/mbeir_webqa_task1_cand_pool.jsonl"
+    pool.write_text("")
+    with pytest.raises(ValueError, match=rf"{pool} holds no candidates"):
+        MBEIREvaluator(bench_copy, ["webqa_task1"], show_progress_bar=False).evaluate(None)
+    (bench_copy / "instructions/query_instructions.tsv").unlink()
+    with pytest.raises(ValueError, match="Instruction file .* does not exist"):
+        MBEIREvaluator(bench_copy, ["webqa_task1"], show_progress_bar=False).evaluate(None)
+
+
+def test_damaged_cache_files_are_not_used(bench: Path, tmp_path: Path) -> None:
+    settings = {"tasks": ["mscoco_task0"], "shard_size": 8, "show_progress_bar": False, "cache_dir": tmp_path}
+    first = MBEIREvaluator(bench, **settings).evaluate(OracleEncoder(bench))
+    assert first["tasks"]["mscoco_task0"]["score"] == 1.0
+    pool = tmp_path / "pool-mbeir_mscoco_task0_test_cand_pool"
+    ids = np.load(pool / "ids.npy")
+    np.save(pool / "ids.npy", ids[::-1])  # permuted: would pair every embedding with another candidate
+    (pool / "shard-00001.npy").unlink()  # a gap in the middle: the search would stop there
+    resumed = OracleEncoder(bench)
+    again = MBEIREvaluator(bench, **settings).evaluate(resumed)
+    assert again["tasks"] == first["tasks"]
+    assert len(resumed.documents) == 8  # only the missing shard was encoded
+
+
+def _stored(folder: Path) -> np.ndarray:
+    return np.concatenate([np.load(path) for path in sorted(folder.glob("shard-*.npy"))])
+
+
+def test_cache_follows_the_model_weights_and_options(
+    bench: Path, tmp_path: Path, tiny_backbone_factory: Callable[..., Path]
+) -> None:
+    import torch
+
+    from umarvel_st import from_mllm
+
+    model = from_mllm(str(tiny_backbone_factory("qwen2_vl")), device="cpu")
+    evaluator = MBEIREvaluator(bench, ["webqa_task1"], cache_dir=tmp_path, show_progress_bar=False, batch_size=8)
+    data = MBEIRData(bench)
+    task = data.resolve_tasks(["webqa_task1"])[0]
+    documents = [data.candidate_item(c) for c in data.iter_candidates(data.pool_path(task, "local", "test"))]
+    queries = [data.query_item(q, data.eval_instruction(q, task)) for q in data.iter_queries(task, "test")]
+    pool_dir, query_dir = tmp_path / "pool-mbeir_webqa_task1_cand_pool", tmp_path / "queries-test-webqa_task1"
+
+    evaluator.evaluate(model)
+    with torch.no_grad():
+        model[0].model.language_model.layers[-1].mlp.down_proj.weight.mul_(-3.0)  # the weights change in place
+    evaluator.evaluate(model)
+    np.testing.assert_allclose(_stored(pool_dir), model.encode_document(documents, batch_size=8), atol=1e-6)
+
+    model[0].summarize_suffix = False  # an option changes
+    evaluator.evaluate(model)
+    np.testing.assert_allclose(_stored(query_dir), model.encode_query(queries, batch_size=8), atol=1e-6)
+
+
+def test_eval_loads_a_saved_model_by_hub_id_with_its_options(
+    tmp_path: Path, tiny_backbone_factory: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import huggingface_hub
+
+    from umarvel_st import from_mllm
+    from umarvel_st.evaluation.cli import load_model
+    from umarvel_st.modeling import UMarvelTransformer
+    from umarvel_st.testing import install_in_hub_cache
+
+    base = tiny_backbone_factory("qwen2_vl")
+    from_mllm(str(base), device="cpu", summarize_suffix=False).save(str(tmp_path / "saved"))
+    install_in_hub_cache(tmp_path / "saved", tmp_path / "hub", "org/u-marvel")
+    monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
+    for name in ("org/u-marvel", str(tmp_path / "saved")):
+        loaded = load_model(name, "cpu")
+        assert isinstance(loaded[0], UMarvelTransformer) and loaded[0].summarize_suffix is False, name
+    assert load_model(str(base), "cpu")[0].summarize_suffix is True  # a Qwen-VL checkpoint: from_mllm defaults
+    with pytest.raises(ValueError, match="not an existing folder and not a Hub id"):
+        load_model(str(tmp_path / "no" / "such" / "model"))

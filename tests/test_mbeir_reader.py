@@ -151,3 +151,81 @@ def test_instruction_choice_is_reproducible(bench: Path) -> None:
     assert len(other_seeds) > 1  # the seed matters
     with pytest.raises(ValueError, match="no instructions for dataset id 9, query modality 'image'"):
         data.instructions_for(9, "image", "image")
+
+
+def test_items_follow_the_record_modality(bench: Path, tmp_path: Path) -> None:
+    root = _copy(bench, tmp_path)
+    data = MBEIRData(root)
+    image = next(data.iter_queries(MBEIRTask.from_name("nights_task4"), "test")).image_path
+    pool = data.pool_path(MBEIRTask.from_name("webqa_task1"), "local", "test")
+    lines = pool.read_text().splitlines()
+    record = json.loads(lines[0])
+    pool.write_text(json.dumps({**record, "img_path": image}) + "\n")  # a text record that names an image
+    candidate = next(data.iter_candidates(pool))
+    assert data.candidate_item(candidate) == record["txt"]  # embedded as text only
+    pool.write_text(json.dumps({**record, "modality": "image", "img_path": image}) + "\n")
+    assert data.candidate_item(next(data.iter_candidates(pool))) == {"text": None, "image": str(root / image)}
+    pool.write_text(json.dumps({**record, "modality": "image"}) + "\n")
+    with pytest.raises(ValueError, match=rf"{pool}:1: modality 'image' but no image path"):
+        next(data.iter_candidates(pool))
+
+    task = MBEIRTask.from_name("webqa_task1")
+    path = data.query_path(task, "test")
+    query = json.loads(path.read_text().splitlines()[0])
+    path.write_text(json.dumps({**query, "query_img_path": image}) + "\n")
+    assert data.query_item(next(data.iter_queries(task, "test")), "Find it.")["image"] is None
+
+
+def test_empty_task_list_is_refused(bench: Path) -> None:
+    data = MBEIRData(bench)
+    with pytest.raises(ValueError, match="tasks is empty.*present: mscoco_task0"):
+        data.resolve_tasks([])
+    with pytest.raises(TypeError, match=r"use \['cirr_task7'\]"):
+        data.resolve_tasks("cirr_task7")
+
+
+def test_malformed_text_files_name_file_line_and_fix(bench: Path, tmp_path: Path) -> None:
+    root = _copy(bench, tmp_path)
+    data = MBEIRData(root)
+    task = MBEIRTask.from_name("webqa_task1")
+    path = data.query_path(task, "test")
+    first, second, *_ = path.read_bytes().splitlines()
+    record = json.loads(first)
+    for content, message in (
+        (first + b"\n" + second.replace(b'"qid"', b'"q\xe9id"') + b"\n", r":2: byte 0xe9 at column \d+ is not UTF-8"),
+        (first + b"\r" + second + b"\r", r":1: carriage return .* old Mac line endings"),
+        (first + b"\n\xc2\xa0\n" + second + b"\n", r":2: the line holds only whitespace .*U\+00A0.*Delete the line"),
+        (json.dumps({**record, "query_txt": " \t "}).encode() + b"\n", r":1: modality 'text' but the text is ' \\t '"),
+    ):
+        path.write_bytes(content)
+        with pytest.raises(ValueError, match=rf"{path}{message}"):
+            list(data.iter_queries(task, "test"))
+    # Windows line endings, a byte-order mark and blank lines of spaces and tabs are fine; line numbers as an editor's
+    path.write_bytes(b"\xef\xbb\xbf" + first + b"\r\n \t\r\n" + second + b"\r\n")
+    assert [query.source for query in data.iter_queries(task, "test")] == [f"{path}:1", f"{path}:3"]
+
+    qrels = data.qrels_path(task, "test")
+    qrels.write_bytes(b"2:1 0 2:5 1 1\r2:2 0 2:6 1 1\r")
+    with pytest.raises(ValueError, match=rf"{qrels}:1: carriage return"):
+        data.load_qrels(task, "test")
+
+    instructions = data.instructions_path
+    rows = instructions.read_bytes().splitlines()
+    instructions.write_bytes(b"\n".join([rows[0], rows[1].replace(b"\t", b"\t\xff", 1), *rows[2:]]) + b"\n")
+    with pytest.raises(ValueError, match=rf"{instructions}:2: byte 0xff"):
+        data.instructions_for(9, "text", "image")
+    instructions.unlink()
+    with pytest.raises(ValueError, match="does not exist.*Copy instructions/query_instructions.tsv"):
+        MBEIRData(root).instructions_for(9, "text", "image")
+
+
+def test_a_line_is_bounded(bench: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import umarvel_st.data.mbeir as mbeir
+
+    root = _copy(bench, tmp_path)
+    task = MBEIRTask.from_name("webqa_task1")
+    path = MBEIRData(root).query_path(task, "test")
+    monkeypatch.setattr(mbeir, "MAX_LINE_BYTES", 64)
+    path.write_text("x" * 200)  # e.g. a file without line breaks: never read whole
+    with pytest.raises(ValueError, match=rf"{path}:1: line longer than 64 bytes"):
+        list(MBEIRData(root).iter_queries(task, "test"))

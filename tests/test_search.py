@@ -150,3 +150,68 @@ def test_encoder_output_is_checked(tmp_path: Path) -> None:
         encode_to_store(
             EmbeddingStore(tmp_path / "c", {}, 4), _items(3), 5, CountingEncoder(), show_progress_bar=False
         )
+
+
+def _complete_store(folder: Path, total: int = 10) -> tuple[EmbeddingStore, dict]:
+    fingerprint = {"source": "items", "count": total}
+    store = EmbeddingStore(folder, fingerprint, 4)
+    encode_to_store(store, _items(total), total, CountingEncoder(), show_progress_bar=False)
+    return store, fingerprint
+
+
+def test_missing_or_damaged_shards_are_encoded_again(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    expected = _complete_store(tmp_path / "fresh")[0].load()
+    _, fingerprint = _complete_store(tmp_path / "store")
+    shard = tmp_path / "store" / "shard-{:05d}.npy"
+    damages = {
+        "deleted middle shard": lambda: Path(str(shard).format(1)).unlink(),
+        "truncated": lambda: Path(str(shard).format(1)).write_bytes(Path(str(shard).format(1)).read_bytes()[:-5]),
+        "empty": lambda: Path(str(shard).format(0)).write_bytes(b""),
+        "short": lambda: np.save(str(shard).format(1), expected[4:6]),
+        "float64": lambda: np.save(str(shard).format(1), expected[4:8].astype(np.float64)),
+        "other dimension": lambda: np.save(str(shard).format(1), expected[4:8, :2]),
+        "stale extra shard": lambda: np.save(str(shard).format(3), expected[:4]),
+    }
+    for damage, apply in damages.items():
+        apply()
+        encoder = CountingEncoder()
+        store = EmbeddingStore(tmp_path / "store", fingerprint, 4)
+        encode_to_store(store, _items(10), 10, encoder, show_progress_bar=False)
+        if damage == "empty":
+            assert encoder.encoded == [f"item {i}" for i in range(4)], damage
+        elif damage != "stale extra shard":
+            assert encoder.encoded == [f"item {i}" for i in range(4, 8)], damage  # only the damaged shard
+        np.testing.assert_array_equal(store.load(), expected, err_msg=damage)
+        assert not Path(str(shard).format(3)).exists()
+    assert "shard-00001.npy" in caplog.text and "encoded again" in caplog.text
+
+
+def test_a_gap_or_nan_shard_is_never_read_silently(tmp_path: Path) -> None:
+    store, fingerprint = _complete_store(tmp_path)
+    (tmp_path / "shard-00001.npy").unlink()
+    with pytest.raises(ValueError, match=r"shard-00001.npy is missing"):
+        list(EmbeddingStore(tmp_path, fingerprint, 4).iter_shards())
+    np.save(tmp_path / "shard-00001.npy", np.full((4, 3), np.nan, dtype=np.float32))
+    with pytest.raises(ValueError, match=r"shard-00001.npy holds NaN or infinite values.*Delete it"):
+        list(EmbeddingStore(tmp_path, fingerprint, 4).iter_shards())
+
+
+def test_ids_and_meta_are_checked(tmp_path: Path) -> None:
+    store, fingerprint = _complete_store(tmp_path)
+    ids = np.arange(10, dtype=np.int64) * 7
+    store.save_ids(ids)
+    np.testing.assert_array_equal(EmbeddingStore(tmp_path, fingerprint, 4).load_ids(), ids)
+    np.save(tmp_path / "ids.npy", ids[::-1])  # permuted
+    assert EmbeddingStore(tmp_path, fingerprint, 4).load_ids() is None
+    (tmp_path / "ids.npy").write_bytes(b"\x93NUMPY")  # truncated
+    assert EmbeddingStore(tmp_path, fingerprint, 4).load_ids() is None
+    (tmp_path / "meta.json").write_text('{"fingerprint": ')  # truncated: start over
+    encoder = CountingEncoder()
+    encode_to_store(EmbeddingStore(tmp_path, fingerprint, 4), _items(10), 10, encoder, show_progress_bar=False)
+    assert len(encoder.encoded) == 10
+
+
+def test_a_changed_fingerprint_says_what_changed(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    _, fingerprint = _complete_store(tmp_path)
+    EmbeddingStore(tmp_path, {**fingerprint, "model": {"weights": "other"}}, 4)
+    assert "different model" in caplog.text and str(tmp_path) in caplog.text

@@ -13,7 +13,7 @@ import sys
 
 # name -> (module, one-line help)
 SUBCOMMANDS: dict[str, tuple[str, str]] = {
-    "demo": ("umarvel_st.demo", "encode the bundled example items and print the similarity table"),
+    "demo": ("umarvel_st.demo", "score the embedded model on held-out synthetic queries: Recall@k, top hits"),
     "make-synthetic": ("umarvel_st.data.synthetic", "write the synthetic M-BEIR-format benchmark"),
     "eval": ("umarvel_st.evaluation.cli", "evaluate a model (M-BEIR format)"),
     "train": ("umarvel_st.train.runner", "train a model with a staged recipe (YAML)"),

@@ -3,7 +3,8 @@
 The embedded default is a tiny Qwen2-VL (hidden 64, 2 layers) trained by the ``demo`` recipe on the training split
 of the synthetic M-BEIR-format benchmark (``umarvel make-synthetic``) on 2 CPU cores. The demo writes that benchmark
 (deterministic, seed 0) to a cache folder on first use, scores the model on the test split (queries it never saw),
-and shows a few queries with their top hits. Everything runs offline.
+and shows a few queries with their top hits. Everything runs offline. Each step prints a line as it starts and
+the long ones (writing the benchmark, encoding) show progress bars, so the first minute is never silent.
 """
 
 from __future__ import annotations
@@ -60,34 +61,44 @@ def _examples(model: Any, data: Any, task_name: str, count: int = 2, top: int = 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``umarvel demo``."""
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder (default: the embedded model)")
     parser.add_argument("--data", default=None, help="synthetic benchmark folder (default: written to the cache)")
 
 
 def run(args: argparse.Namespace) -> int:
-    from sentence_transformers import SentenceTransformer
-
+    """Run ``umarvel demo``: a line per step on stdout, progress bars on stderr, then the scores and examples."""
+    data_dir = Path(args.data) if args.data else default_data_dir()
+    print(f"[1/4] synthetic benchmark: {data_dir}", flush=True)
     from .data.mbeir import MBEIRData
     from .data.synthetic import MARKER_FILE, make_synthetic_mbeir
+
+    if not (data_dir / MARKER_FILE).is_file():
+        print("      writing it (once) ...", flush=True)
+        make_synthetic_mbeir(data_dir)
+    print(f"[2/4] loading the model: {args.model}", flush=True)
+    from . import load
     from .evaluation.mbeir_evaluator import MBEIREvaluator
 
-    data_dir = Path(args.data) if args.data else default_data_dir()
-    if not (data_dir / MARKER_FILE).is_file():
-        print(f"writing the synthetic benchmark to {data_dir} (once) ...")
-        make_synthetic_mbeir(data_dir)
-    model = SentenceTransformer(args.model, trust_remote_code=True)
-    results = MBEIREvaluator(data_dir, split="test", pool="local", show_progress_bar=False).evaluate(model)
+    model = load(args.model)
+    evaluator = MBEIREvaluator(data_dir, split="test", pool="local")
+    print(f"[3/4] encoding and searching the held-out test queries of {len(evaluator.tasks)} tasks", flush=True)
+    results = evaluator.evaluate(model)
+    print(f"[4/4] example queries of {', '.join(EXAMPLE_TASKS)}\n", flush=True)
+    data = MBEIRData(data_dir)
+    examples = [_examples(model, data, task) for task in EXAMPLE_TASKS]
+
     print(f"model: {args.model}\nheld-out test queries of the synthetic benchmark at {data_dir}, local pools:\n")
-    print(f"{'task':<14} {'query -> candidate':<20} {'queries':>7} {'Recall@k':>9} {'chance':>7}")
+    print(f"{'task':<14} {'query -> candidate':<20} {'queries':>7} {'metric':>9} {'score':>7} {'chance':>7}")
     for name, row in results["tasks"].items():
         k = row["k"]
         print(
-            f"{name:<14} {row['modalities']:<20} {row['num_queries']:>7} "
-            f"{100 * row['score']:>8.1f}% {100 * row[f'chance_hit@{k}']:>6.1f}%"
+            f"{name:<14} {row['modalities']:<20} {row['num_queries']:>7} {f'Recall@{k}':>9} "
+            f"{100 * row['score']:>6.1f}% {100 * row[f'chance_hit@{k}']:>6.1f}%"
         )
-    print(f"{'average':<43} {100 * results['average']:>8.1f}%\n")
-    data = MBEIRData(data_dir)
-    for task in EXAMPLE_TASKS:
-        print("\n".join(_examples(model, data, task)) + "\n")
+    print(f"{'average':<53} {100 * results['average']:>6.1f}%")
+    print("Recall@k: share of queries with a correct candidate among the top k; chance: the same, ranking at random\n")
+    for lines in examples:
+        print("\n".join(lines) + "\n")
     print("(* marks a correct hit)")
     return 0

@@ -1,4 +1,4 @@
-"""Reading M-BEIR (UniIR's multimodal retrieval benchmark) from its on-disk layout, lazily.
+r"""Reading M-BEIR (UniIR's multimodal retrieval benchmark) from its on-disk layout, lazily.
 
 The layout, relative to the data root (the real ``mbeir_data`` folder or one written by
 :mod:`umarvel_st.data.synthetic`)::
@@ -16,6 +16,13 @@ opens them when it embeds the item), so the 5.6M-candidate global pool never sit
 is reported with its file and line number; an image path that is absolute or climbs out of the data root is
 refused.
 
+Text files are read as UTF-8 (a leading byte-order mark is ignored) with lines ending in ``\n`` or ``\r\n``; a
+line holding only spaces and tabs is blank and skipped. Everything else is an error naming ``file:line`` and the
+fix: bytes that are not UTF-8, a carriage return inside a line (old Mac line endings), a line holding only other
+whitespace such as a no-break space, a line over :data:`MAX_LINE_BYTES`, and text that is empty or whitespace
+only where the record's modality needs text. A record is embedded as its modality says: a ``"text"`` record's
+image path and an ``"image"`` record's text are ignored.
+
 Evaluation instructions: UniIR draws one phrasing per query with ``random.choice`` from the list keyed by
 (query dataset id, query modality, candidate modality). Here the draw is reproducible and independent of
 file order, task selection or sharding: the phrasing for query ``qid`` is
@@ -26,6 +33,9 @@ takes the modality of the query's first positive, which a task fixes).
 
 from __future__ import annotations
 
+import codecs
+import hashlib
+import itertools
 import json
 import logging
 import os
@@ -97,6 +107,9 @@ POOLS = ("local", "global")
 # UniIR's integer ids: dataset_id * bound + number (``hash_did`` / ``hash_qid`` in UniIR's preprocessing utils).
 DID_BOUND = 10_000_000
 QID_BOUND = 500_000
+
+# A longer line is refused (bounded memory for a file without line breaks).
+MAX_LINE_BYTES = 16 * 1024 * 1024
 
 _TASK_NAME = re.compile(r"^([a-z0-9]+)_task(\d+)$")
 _ID = re.compile(r"^(\d+):(\d+)$")
@@ -232,34 +245,86 @@ def unhash_id(value: int, bound: int) -> str:
     return f"{value // bound}:{value % bound}"
 
 
-def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
-    """Stream ``(line_number, record)`` from a jsonl file; blank lines are skipped.
+def read_lines(path: str | Path) -> Iterator[tuple[int, str]]:
+    r"""Stream ``(line_number, text)`` of the non-blank lines of a UTF-8 text file, line endings removed.
+
+    Lines end with ``\n`` or ``\r\n``; a leading byte-order mark is dropped; lines of only spaces and tabs are
+    skipped. Line numbers are those an editor shows.
 
     Raises:
-        ValueError: For a missing file, or a line that is not a JSON object (naming file and line).
+        ValueError: For a missing file, and naming ``file:line``: bytes that are not UTF-8, a carriage return
+            inside a line, a line of only other whitespace (e.g. a no-break space), a line over
+            :data:`MAX_LINE_BYTES`.
     """
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"M-BEIR file {path} does not exist. Check the data root and the task / split names.")
-    with path.open(encoding="utf-8") as handle:
-        for number, line in enumerate(handle, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as error:
+    with path.open("rb") as handle:
+        for number in itertools.count(1):
+            raw = handle.readline(MAX_LINE_BYTES + 1)
+            if not raw:
+                return
+            where = f"{path}:{number}"
+            if len(raw) > MAX_LINE_BYTES:
                 raise ValueError(
-                    f"{path}:{number}: malformed JSON line ({error.msg}). Fix or remove the line."
+                    f"{where}: line longer than {MAX_LINE_BYTES} bytes. M-BEIR files hold one record per line, "
+                    "separated by \\n; check the file's line endings."
+                )
+            raw = raw.removesuffix(b"\n").removesuffix(b"\r")
+            if number == 1:
+                raw = raw.removeprefix(codecs.BOM_UTF8)
+            try:
+                text = raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise ValueError(
+                    f"{where}: byte 0x{raw[error.start]:02x} at column {error.start + 1} is not UTF-8. M-BEIR files "
+                    "are UTF-8: convert the file (e.g. iconv -f latin1 -t utf-8)."
                 ) from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}.")
-            yield number, record
+            if "\r" in text:
+                raise ValueError(
+                    f"{where}: carriage return (\\r) inside the line. Lines must end with \\n or \\r\\n; convert "
+                    "old Mac line endings (e.g. tr '\\r' '\\n')."
+                )
+            if not text.strip(" \t"):
+                continue
+            if not text.strip():
+                raise ValueError(
+                    f"{where}: the line holds only whitespace other than spaces and tabs "
+                    f"({', '.join(sorted({f'U+{ord(c):04X}' for c in text}))}). Delete the line."
+                )
+            yield number, text
 
 
-def count_records(path: str | Path) -> int:
-    """Number of non-blank lines of a jsonl file (without parsing them)."""
-    with Path(path).open("rb") as handle:
-        return sum(1 for line in handle if line.strip())
+def iter_jsonl(path: str | Path) -> Iterator[tuple[int, dict[str, Any]]]:
+    """Stream ``(line_number, record)`` from a jsonl file (lines as :func:`read_lines` reads them).
+
+    Raises:
+        ValueError: For a missing file, a line :func:`read_lines` refuses, or a line that is not a JSON object
+            (naming file and line).
+    """
+    for number, line in read_lines(path):
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: malformed JSON line ({error.msg}). Fix or remove the line.") from None
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object, got {type(record).__name__}.")
+        yield number, record
+
+
+def describe_file(path: str | Path) -> dict[str, Any]:
+    """``{"sha256": content hash, "records": non-blank lines}`` of a text file: what cached embeddings of its
+    records depend on (a copied file keeps its description, an edited one changes it).
+
+    Raises:
+        ValueError: As :func:`read_lines`.
+    """
+    digest = hashlib.sha256()
+    records = 0
+    for _, line in read_lines(path):
+        digest.update(line.encode("utf-8") + b"\n")
+        records += 1
+    return {"sha256": digest.hexdigest(), "records": records}
 
 
 def _field(record: dict[str, Any], key: str, where: str, types: tuple[type, ...], optional: bool = False) -> Any:
@@ -279,9 +344,12 @@ def _check_modality(modality: str, text: str | None, image_path: str | None, whe
     if modality not in MODALITIES:
         raise ValueError(f"{where}: unknown modality {modality!r}; expected one of {list(MODALITIES)}.")
     if "image" in modality and not image_path:
-        raise ValueError(f"{where}: modality {modality!r} but no image path.")
-    if "text" in modality and not text:
-        raise ValueError(f"{where}: modality {modality!r} but no text.")
+        raise ValueError(f"{where}: modality {modality!r} but no image path. Add the image path or fix the modality.")
+    if "text" in modality and not (text and text.strip()):
+        raise ValueError(
+            f"{where}: modality {modality!r} but the text is {text!r} (empty or whitespace only). Give the text or "
+            "fix the modality."
+        )
 
 
 def parse_query(record: dict[str, Any], where: str) -> MBEIRQuery:
@@ -425,6 +493,13 @@ class MBEIRData:
             )
         if names is None:
             return present
+        if isinstance(names, str):
+            raise TypeError(f"tasks must be a list of task names, got the string {names!r}; use [{names!r}].")
+        if not names:
+            raise ValueError(
+                f"tasks is empty. Name at least one task (present: {', '.join(t.name for t in present)}) or pass "
+                "None for all of them."
+            )
         available = {task.name: task for task in present}
         tasks = []
         for name in names:
@@ -461,19 +536,18 @@ class MBEIRData:
         if not path.is_file():
             raise ValueError(f"Qrels file {path} does not exist; every evaluated task needs one.")
         positives: dict[str, list[str]] = {}
-        with path.open(encoding="utf-8") as handle:
-            for number, line in enumerate(handle, start=1):
-                parts = line.split()
-                if not parts:
-                    continue
-                where = f"{path}:{number}"
-                if len(parts) != 5 or not _is_int(parts[3]) or not _is_int(parts[4]):
-                    raise ValueError(f"{where}: expected 'qid 0 did relevance task_id', got {line.strip()!r}.")
-                qid, _, did, relevance, _ = parts
-                hash_id(qid, QID_BOUND, where)
-                hash_id(did, DID_BOUND, where)
-                if int(relevance) > 0:
-                    positives.setdefault(qid, []).append(did)
+        for number, line in read_lines(path):
+            parts = re.split(r"[ \t]+", line.strip(" \t"))
+            where = f"{path}:{number}"
+            if len(parts) != 5 or not _is_int(parts[3]) or not _is_int(parts[4]):
+                raise ValueError(
+                    f"{where}: expected 'qid 0 did relevance task_id' (separated by spaces or tabs), got {line!r}."
+                )
+            qid, _, did, relevance, _ = parts
+            hash_id(qid, QID_BOUND, where)
+            hash_id(did, DID_BOUND, where)
+            if int(relevance) > 0:
+                positives.setdefault(qid, []).append(did)
         return positives
 
     # Instructions ----------------------------------------------------------------------------------------------
@@ -487,21 +561,22 @@ class MBEIRData:
         """
         path = self.instructions_path
         if not path.is_file():
-            raise ValueError(f"Instruction file {path} does not exist; M-BEIR queries are embedded with one.")
+            raise ValueError(
+                f"Instruction file {path} does not exist; M-BEIR queries are embedded with an instruction. Copy "
+                "instructions/query_instructions.tsv from the M-BEIR release into the data root."
+            )
         table: dict[tuple[int, str, str], list[str]] = {}
-        with path.open(encoding="utf-8") as handle:
-            next(handle, None)  # header
-            for number, line in enumerate(handle, start=2):
-                parts = line.rstrip("\r\n").split("\t")
-                if not line.strip():
-                    continue
-                phrasings = [part for part in parts[4:] if part.strip()]
-                if len(parts) < 5 or not _is_int(parts[3]) or not phrasings:
-                    raise ValueError(
-                        f"{path}:{number}: expected 'query_modality<TAB>cand_modality<TAB>dataset<TAB>dataset_id"
-                        f"<TAB>phrasing...', got {line.strip()!r}."
-                    )
-                table[(int(parts[3]), parts[0].strip(), parts[1].strip())] = phrasings
+        lines = read_lines(path)
+        next(lines, None)  # header
+        for number, line in lines:
+            parts = line.split("\t")
+            phrasings = [part for part in parts[4:] if part.strip()]
+            if len(parts) < 5 or not _is_int(parts[3]) or not phrasings:
+                raise ValueError(
+                    f"{path}:{number}: expected 'query_modality<TAB>cand_modality<TAB>dataset<TAB>dataset_id"
+                    f"<TAB>phrasing...', got {line!r}."
+                )
+            table[(int(parts[3]), parts[0].strip(), parts[1].strip())] = phrasings
         return table
 
     def instructions_for(self, dataset_id: int, query_modality: str, candidate_modality: str) -> list[str]:
@@ -531,15 +606,19 @@ class MBEIRData:
         return resolve_under(self.root, image_path, where)
 
     def query_item(self, query: MBEIRQuery, instruction: str | None) -> dict[str, Any]:
-        """The ``encode_query`` input of a query: ``{"text", "image", "instruction"}`` (the image as a path)."""
-        image = self.resolve_image(query.image_path, query.source) if query.image_path else None
-        return {"text": query.text, "image": image, "instruction": instruction}
+        """The ``encode_query`` input of a query: ``{"text", "image", "instruction"}`` (the image as a path), with
+        only what the query's modality names (the other one ``None``)."""
+        image = self.resolve_image(query.image_path, query.source) if "image" in query.modality else None
+        text = query.text if "text" in query.modality else None
+        return {"text": text, "image": image, "instruction": instruction}
 
     def candidate_item(self, candidate: MBEIRCandidate) -> str | dict[str, Any]:
-        """The ``encode_document`` input of a candidate: its text, or ``{"text", "image"}`` (image as a path)."""
-        if not candidate.image_path:
-            return candidate.text or ""
-        return {"text": candidate.text, "image": self.resolve_image(candidate.image_path, candidate.source)}
+        """The ``encode_document`` input of a candidate, following its modality: its text for a ``"text"``
+        candidate, else ``{"text", "image"}`` (the image as a path; the text ``None`` for an ``"image"`` one)."""
+        if candidate.modality == "text":
+            return candidate.text
+        text = candidate.text if "text" in candidate.modality else None
+        return {"text": text, "image": self.resolve_image(candidate.image_path, candidate.source)}
 
 
 def _check_split(split: str) -> str:

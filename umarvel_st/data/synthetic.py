@@ -50,6 +50,7 @@ from typing import Any
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm.auto import tqdm
 
 from .mbeir import MBEIRTask
 
@@ -499,6 +500,7 @@ def make_synthetic_mbeir(
     pool_size: int = 200,
     image_size: int = 64,
     overwrite: bool = False,
+    show_progress_bar: bool = True,
 ) -> dict[str, Any]:
     """Write the synthetic benchmark (see the module docstring) under ``output_dir``.
 
@@ -512,6 +514,7 @@ def make_synthetic_mbeir(
             near misses of the queries may already make more); ``oven_task6`` always has its 180 statements.
         image_size: Side of the square images in pixels.
         overwrite: Replace an earlier synthetic benchmark in ``output_dir``.
+        show_progress_bar: Show a progress bar over the task splits written.
 
     Returns:
         The summary also written to ``output_dir/synthetic.json`` (arguments and counts).
@@ -544,21 +547,25 @@ def make_synthetic_mbeir(
     tasks = [MBEIRTask.from_name(name) for name in TASKS]
     union: dict[str, list[dict[str, Any]]] = {"test": [], "train": []}
     counts: dict[str, dict[str, int]] = {}
-    for task_index, task in enumerate(tasks):
-        test_scenes: set[Scene] = set()
-        for split, num_queries in (("test", test_queries), ("train", train_queries)):
-            rng = np.random.default_rng([seed, task_index, SPLIT_SEEDS[split]])
-            out, used = _build_task(task, split, writer, rng, num_queries, pool_size, test_scenes)
-            if split == "test":
-                test_scenes = used
-                # Like the real data, MSCOCO's local pools are per split.
-                pool_name = f"{task.name}_test" if task.dataset == "mscoco" else task.name
-                _write_jsonl(root / "cand_pool" / "local" / f"mbeir_{pool_name}_cand_pool.jsonl", out.candidates)
-            _write_jsonl(root / "query" / split / f"mbeir_{task.name}_{split}.jsonl", out.queries)
-            _write_lines(root / "qrels" / split / f"mbeir_{task.name}_{split}_qrels.txt", out.qrels)
-            union[split].extend(out.candidates)
-            counts.setdefault(task.name, {})[f"{split}_queries"] = len(out.queries)
-            counts[task.name][f"{split}_candidates"] = len(out.candidates)
+    with tqdm(
+        total=2 * len(tasks), desc="Writing the synthetic benchmark", unit="split", disable=not show_progress_bar
+    ) as bar:
+        for task_index, task in enumerate(tasks):
+            test_scenes: set[Scene] = set()
+            for split, num_queries in (("test", test_queries), ("train", train_queries)):
+                rng = np.random.default_rng([seed, task_index, SPLIT_SEEDS[split]])
+                out, used = _build_task(task, split, writer, rng, num_queries, pool_size, test_scenes)
+                if split == "test":
+                    test_scenes = used
+                    # Like the real data, MSCOCO's local pools are per split.
+                    pool_name = f"{task.name}_test" if task.dataset == "mscoco" else task.name
+                    _write_jsonl(root / "cand_pool" / "local" / f"mbeir_{pool_name}_cand_pool.jsonl", out.candidates)
+                _write_jsonl(root / "query" / split / f"mbeir_{task.name}_{split}.jsonl", out.queries)
+                _write_lines(root / "qrels" / split / f"mbeir_{task.name}_{split}_qrels.txt", out.qrels)
+                union[split].extend(out.candidates)
+                counts.setdefault(task.name, {})[f"{split}_queries"] = len(out.queries)
+                counts[task.name][f"{split}_candidates"] = len(out.candidates)
+                bar.update()
     for split, records in union.items():
         _write_jsonl(root / "cand_pool" / "global" / f"mbeir_union_{split}_cand_pool.jsonl", records)
 

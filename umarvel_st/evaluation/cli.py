@@ -5,15 +5,18 @@ Example::
     umarvel make-synthetic data/mbeir-synthetic
     umarvel eval mbeir --model path/to/model --data data/mbeir-synthetic --pool local --split test
 
-The model is a saved sentence-transformers folder (it has ``modules.json``) or a Qwen-VL checkpoint, converted
-with :func:`umarvel_st.from_mllm`. Embeddings are cached under ``--cache-dir`` (default ``<output>/embeddings``):
-rerunning the same command after an interruption resumes the encoding.
+The model is a saved model (a folder or Hub repository with ``modules.json``), loaded with its saved options by
+:func:`umarvel_st.load` (which runs no code from the folder), or a Qwen-VL checkpoint, converted with
+:func:`umarvel_st.from_mllm`. Embeddings are cached under ``--cache-dir`` (default ``<output>/embeddings``):
+rerunning the same command after an interruption resumes the encoding, and a changed model or data file is
+encoded again.
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
+import re
 import shlex
 from pathlib import Path
 from typing import Any
@@ -26,7 +29,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``umarvel eval``."""
     parser.add_argument("benchmark", choices=["mbeir"], help="benchmark to run")
     parser.add_argument(
-        "--model", required=True, help="sentence-transformers folder, or a Qwen-VL checkpoint (via from_mllm)"
+        "--model",
+        required=True,
+        help="saved model (folder or Hub id with modules.json), or a Qwen-VL checkpoint (converted by from_mllm)",
     )
     parser.add_argument("--data", required=True, help="M-BEIR data root (holds query/, cand_pool/, qrels/ ...)")
     parser.add_argument("--tasks", nargs="+", help="tasks to evaluate, e.g. mscoco_task0 cirr_task7 (default: all)")
@@ -48,18 +53,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress-bar", action="store_true", help="hide progress bars")
 
 
-def load_model(model: str, device: str | None = None) -> Any:
-    """A saved sentence-transformers folder as is, anything else through :func:`umarvel_st.from_mllm`.
+_HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
 
-    A saved U-MARVEL model carries its modeling code, which sentence-transformers runs only with
-    ``trust_remote_code=True``: the user chose the folder, as with any ``umarvel`` command.
+
+def check_model_name(model: str) -> None:
+    """Refuse a model that is neither an existing path nor shaped like a Hub id (``name`` or ``org/name``).
+
+    Raises:
+        ValueError: Naming the value and the fix.
     """
-    if (Path(model) / "modules.json").is_file():
-        from sentence_transformers import SentenceTransformer
+    if not Path(model).exists() and not _HUB_ID.match(model):
+        raise ValueError(f"--model {model!r} is not an existing folder and not a Hub id ('org/name'). Check the path.")
 
-        return SentenceTransformer(model, device=device, trust_remote_code=True)
-    from .. import from_mllm
 
+def load_model(model: str, device: str | None = None) -> Any:
+    """Load the model to evaluate.
+
+    A saved model (a folder or Hub repository with ``modules.json``) is loaded with :func:`umarvel_st.load`, which
+    restores every saved option and runs no code from the folder; anything else (a Qwen-VL checkpoint) is converted
+    with :func:`umarvel_st.from_mllm`.
+    """
+    from sentence_transformers.util import is_sentence_transformer_model
+
+    from .. import from_mllm, load
+
+    check_model_name(model)
+    if is_sentence_transformer_model(model):
+        return load(model, device=device)
     return from_mllm(model, device=device)
 
 
@@ -83,8 +103,10 @@ def run(args: argparse.Namespace) -> int:
     model_name = Path(args.model.rstrip("/")).name or "model"
     output = Path(args.output) if args.output else Path("mbeir_results") / f"{model_name}_{args.pool}_{args.split}"
     cache_dir = Path(args.cache_dir) if args.cache_dir else output / "embeddings"
-    # The cache belongs to one model: keep each model's embeddings apart even if --cache-dir is shared.
-    model_key = hashlib.sha1(str(Path(args.model).resolve()).encode()).hexdigest()[:12]
+    check_model_name(args.model)
+    # Keep each model's embeddings apart even if --cache-dir is shared (the cache also checks the model's content).
+    location = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
+    model_key = hashlib.sha1(location.encode()).hexdigest()[:12]
     cache_dir = cache_dir / f"{model_name}-{model_key}"
     evaluator = MBEIREvaluator(
         args.data,

@@ -12,11 +12,15 @@ the qrels file (relevance > 0):
 
 Embeddings go to an on-disk cache of shard files (:class:`~umarvel_st.evaluation.embeddings.EmbeddingStore`), so
 an interrupted evaluation resumes where it stopped, and the pool is searched one shard at a time in bounded
-memory (:func:`~umarvel_st.evaluation.search.search_shards`).
+memory (:func:`~umarvel_st.evaluation.search.search_shards`). A cache is used only for the data and the model that
+made it: it is keyed by the content of the query, pool and instruction files and by the model's weights, options
+and prompts (:mod:`umarvel_st.evaluation.fingerprint`); anything else is encoded again. Image files are not
+hashed: an image replaced under the same path needs a fresh cache folder.
 
 Bad input: a query without any positive in the qrels raises (UniIR fails on it too); qrels positives that are not
 in the searched pool are counted (``missing_positives``) and logged, and can never be hit; a pool with a repeated
-did raises; malformed lines, unknown task names and missing images raise with the file, line or value named.
+did raises; an empty query or pool file, a missing instruction file or phrasing, malformed lines, unknown task
+names and missing images raise with the file, line or value named, before anything is encoded.
 """
 
 from __future__ import annotations
@@ -41,22 +45,17 @@ from ..data.mbeir import (
     POOLS,
     MBEIRData,
     MBEIRTask,
-    count_records,
+    describe_file,
     hash_id,
     unhash_id,
 )
 from ..data.synthetic import MARKER_FILE
 from .embeddings import DEFAULT_SHARD_SIZE, EmbeddingStore, encode_to_store
+from .fingerprint import model_fingerprint
 from .ranking import mean_metric
 from .search import search_shards
 
 logger = logging.getLogger(__name__)
-
-
-def _stat(path: Path) -> list[int]:
-    """Size and modification time: a changed file invalidates cached embeddings (a copied one only re-encodes)."""
-    stat = path.stat()
-    return [stat.st_size, stat.st_mtime_ns]
 
 
 def chance_hit_at_k(pool_size: int, positives: int, k: int) -> float:
@@ -72,14 +71,15 @@ class MBEIREvaluator(SentenceEvaluator):
 
     Args:
         data_root: M-BEIR data root (the real one or :mod:`umarvel_st.data.synthetic` output).
-        tasks: Task names (``"mscoco_task0"``...); default every task with a query file for ``split``.
+        tasks: Task names (``"mscoco_task0"``...), at least one; ``None`` (default) for every task with a query
+            file for ``split``.
         split: ``"test"`` (default), ``"val"`` or ``"train"``.
         pool: ``"local"`` (each task's own pool) or ``"global"`` (the union pool of the split).
         batch_size: Encoding batch size.
         show_progress_bar: Progress bars for encoding and search.
         instruction_seed: Seed of the per-query instruction choice.
-        cache_dir: Embedding cache. Reused across calls, so only for evaluating one fixed model (an interrupted run
-            resumes); the default ``None`` encodes into a temporary folder each call, as needed during training.
+        cache_dir: Embedding cache, reused across calls while the data and the model are the same (an interrupted
+            run resumes); the default ``None`` encodes into a temporary folder each call, as during training.
         shard_size: Rows per embedding shard (memory of one search step and resume granularity).
         devices: Encode with a sentence-transformers multi-process pool on these devices (``["cuda:0",
             "cuda:1"]`` or ``["cpu", "cpu"]``); ``None`` encodes in this process.
@@ -155,15 +155,15 @@ class MBEIREvaluator(SentenceEvaluator):
 
         Args:
             model: Anything with sentence-transformers' ``encode_query`` / ``encode_document``.
-            model_tag: Name of the model, kept in the results and in the cache fingerprint.
+            model_tag: Name of the model, kept in the results.
 
         Returns:
             ``{"tasks": {task: {...scores, sizes...}}, "average": ..., ...settings}``; scores are fractions.
         """
         if self.cache_dir is None:
             with tempfile.TemporaryDirectory(prefix="mbeir-embeddings-") as folder:
-                return self._evaluate(model, Path(folder), model_tag)
-        return self._evaluate(model, self.cache_dir, model_tag)
+                return self._evaluate(model, Path(folder), model_tag, None)
+        return self._evaluate(model, self.cache_dir, model_tag, model_fingerprint(model))
 
     def _encode_kwargs(self, pool: dict[str, Any] | None) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -176,23 +176,27 @@ class MBEIREvaluator(SentenceEvaluator):
             kwargs["pool"] = pool
         return kwargs
 
-    def _evaluate(self, model: Any, cache: Path, model_tag: str | None) -> dict[str, Any]:
+    def _evaluate(
+        self, model: Any, cache: Path, model_tag: str | None, fingerprint: dict[str, Any] | None
+    ) -> dict[str, Any]:
         started = time.perf_counter()
+        # Queries, qrels, instructions, query images and pool files are checked before anything is encoded.
         positives = {task.name: self.data.load_qrels(task, self.split) for task in self.tasks}
-        qids = {task.name: self._query_ids(task, positives[task.name]) for task in self.tasks}  # checked up front
+        qids = {task.name: self._query_ids(task, positives[task.name]) for task in self.tasks}
+        pool_paths = list(dict.fromkeys(self.data.pool_path(task, self.pool, self.split) for task in self.tasks))
+        pool_files = {path: self._pool_file(path) for path in pool_paths}
         process_pool = model.start_multi_process_pool(self.devices) if self.devices else None
         try:
             encode_kwargs = self._encode_kwargs(process_pool)
             query_stores = {
-                task.name: self._encode_queries(model, task, len(qids[task.name]), cache, model_tag, encode_kwargs)
+                task.name: self._encode_queries(model, task, len(qids[task.name]), cache, fingerprint, encode_kwargs)
                 for task in self.tasks
             }
             encoded = time.perf_counter()
-            pools: dict[Path, tuple[EmbeddingStore, np.ndarray]] = {}
-            for task in self.tasks:
-                path = self.data.pool_path(task, self.pool, self.split)
-                if path not in pools:
-                    pools[path] = self._encode_pool(model, path, cache, model_tag, encode_kwargs)
+            pools = {
+                path: self._encode_pool(model, path, pool_files[path], cache, fingerprint, encode_kwargs)
+                for path in pool_paths
+            }
         finally:
             if process_pool is not None:
                 model.stop_multi_process_pool(process_pool)
@@ -241,9 +245,17 @@ class MBEIREvaluator(SentenceEvaluator):
         }
 
     def _query_ids(self, task: MBEIRTask, positives: dict[str, list[str]]) -> list[str]:
-        """The task's qids, checked to be unique and to have positives (before anything is encoded)."""
+        """The task's qids, checked to be unique, to have positives, an instruction and their images (before
+        anything is encoded)."""
         path = self.data.query_path(task, self.split)
-        qids = [query.qid for query in self.data.iter_queries(task, self.split)]
+        qids = []
+        for query in self.data.iter_queries(task, self.split):
+            self.data.query_item(query, self.data.eval_instruction(query, task, self.instruction_seed))
+            qids.append(query.qid)
+        if not qids:
+            raise ValueError(
+                f"{path} holds no queries. Restore the file, or leave {task.name} out of the evaluated tasks."
+            )
         if len(set(qids)) != len(qids):
             duplicate = next(qid for qid, n in Counter(qids).items() if n > 1)
             raise ValueError(f"{path}: qid {duplicate!r} appears more than once; qids must be unique.")
@@ -262,18 +274,17 @@ class MBEIREvaluator(SentenceEvaluator):
         task: MBEIRTask,
         count: int,
         cache: Path,
-        model_tag: str | None,
+        model_description: dict[str, Any] | None,
         encode_kwargs: dict[str, Any],
     ) -> EmbeddingStore:
         path = self.data.query_path(task, self.split)
         fingerprint = {
             "kind": "queries",
             "file": str(path.relative_to(self.data.root)),
-            "file_stat": _stat(path),
-            "count": count,
-            "instructions_stat": _stat(self.data.instructions_path),
+            "data": describe_file(path),
+            "instructions": describe_file(self.data.instructions_path),
             "instruction_seed": self.instruction_seed,
-            "model": model_tag,
+            "model": model_description,
         }
         store = EmbeddingStore(cache / f"queries-{self.split}-{task.name}", fingerprint, self.shard_size)
 
@@ -291,20 +302,32 @@ class MBEIREvaluator(SentenceEvaluator):
         )
         return store
 
-    def _encode_pool(
-        self, model: Any, path: Path, cache: Path, model_tag: str | None, encode_kwargs: dict[str, Any]
-    ) -> tuple[EmbeddingStore, np.ndarray]:
+    def _pool_file(self, path: Path) -> dict[str, Any]:
+        """The description of a pool file (content hash, records), checked to exist and hold candidates."""
         if not path.is_file():
             raise ValueError(
                 f"Candidate pool {path} does not exist. Local pools are cand_pool/local/mbeir_<task>_cand_pool.jsonl, "
                 "the global pool cand_pool/global/mbeir_union_<split>_cand_pool.jsonl."
             )
+        description = describe_file(path)
+        if description["records"] == 0:
+            raise ValueError(f"Candidate pool {path} holds no candidates. Restore the file.")
+        return description
+
+    def _encode_pool(
+        self,
+        model: Any,
+        path: Path,
+        description: dict[str, Any],
+        cache: Path,
+        model_description: dict[str, Any] | None,
+        encode_kwargs: dict[str, Any],
+    ) -> tuple[EmbeddingStore, np.ndarray]:
         fingerprint = {
             "kind": "pool",
             "file": str(path.relative_to(self.data.root)),
-            "file_stat": _stat(path),
-            "count": count_records(path),
-            "model": model_tag,
+            "data": description,
+            "model": model_description,
         }
         store = EmbeddingStore(cache / f"pool-{path.stem}", fingerprint, self.shard_size)
         ids = store.load_ids()
@@ -312,7 +335,7 @@ class MBEIREvaluator(SentenceEvaluator):
             ids = np.fromiter(
                 (hash_id(c.did, DID_BOUND, c.source) for c in self.data.iter_candidates(path)),
                 dtype=np.int64,
-                count=fingerprint["count"],
+                count=description["records"],
             )
             unique, counts = np.unique(ids, return_counts=True)
             if len(unique) != len(ids):
