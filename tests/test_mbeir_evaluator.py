@@ -35,7 +35,7 @@ def bench_copy(bench: Path, tmp_path: Path) -> Path:
 
 
 def _key(item: Any) -> tuple[str | None, str | None]:
-    return (item, None) if isinstance(item, str) else (item["text"], item["image"])
+    return item["text"], item.get("image")
 
 
 class OracleEncoder:

@@ -130,7 +130,8 @@ def test_encoder_items(bench: Path) -> None:
     assert item == {"text": query.text, "image": data.resolve_image(query.image_path), "instruction": "Do it."}
     text_pool = data.iter_candidates(data.pool_path(MBEIRTask.from_name("webqa_task1"), "local", "test"))
     text_candidate = next(text_pool)
-    assert data.candidate_item(text_candidate) == text_candidate.text  # plain text stays a string
+    # a dict, so a text that looks like an image file name ("IMG_1.jpg") is never read as a path
+    assert data.candidate_item(text_candidate) == {"text": text_candidate.text}
     image_candidate = next(data.iter_candidates(data.pool_path(task, "local", "test")))
     assert data.candidate_item(image_candidate) == {
         "text": None,
@@ -162,7 +163,7 @@ def test_items_follow_the_record_modality(bench: Path, tmp_path: Path) -> None:
     record = json.loads(lines[0])
     pool.write_text(json.dumps({**record, "img_path": image}) + "\n")  # a text record that names an image
     candidate = next(data.iter_candidates(pool))
-    assert data.candidate_item(candidate) == record["txt"]  # embedded as text only
+    assert data.candidate_item(candidate) == {"text": record["txt"]}  # embedded as text only
     pool.write_text(json.dumps({**record, "modality": "image", "img_path": image}) + "\n")
     assert data.candidate_item(next(data.iter_candidates(pool))) == {"text": None, "image": str(root / image)}
     pool.write_text(json.dumps({**record, "modality": "image"}) + "\n")

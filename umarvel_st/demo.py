@@ -25,14 +25,12 @@ def default_data_dir() -> Path:
     return cache / "umarvel-st" / "synthetic-mbeir"
 
 
-def _describe(item: Any, root: Path) -> str:
-    if isinstance(item, str):
-        return repr(item if len(item) <= 60 else item[:57] + "...")
+def _describe(item: dict[str, Any], root: Path) -> str:
     parts = []
     if item.get("image"):
         parts.append(f"[{os.path.relpath(item['image'], root)}]")
-    if item.get("text"):
-        parts.append(repr(item["text"]))
+    if text := item.get("text"):
+        parts.append(repr(text if len(text) <= 60 else text[:57] + "..."))
     return " ".join(parts)
 
 

@@ -612,11 +612,12 @@ class MBEIRData:
         text = query.text if "text" in query.modality else None
         return {"text": text, "image": image, "instruction": instruction}
 
-    def candidate_item(self, candidate: MBEIRCandidate) -> str | dict[str, Any]:
-        """The ``encode_document`` input of a candidate, following its modality: its text for a ``"text"``
-        candidate, else ``{"text", "image"}`` (the image as a path; the text ``None`` for an ``"image"`` one)."""
+    def candidate_item(self, candidate: MBEIRCandidate) -> dict[str, Any]:
+        """The ``encode_document`` input of a candidate, following its modality: ``{"text"}`` for a ``"text"``
+        candidate (a dict, so a text that looks like an image file name stays text), else ``{"text", "image"}`` (the
+        image as a path; the text ``None`` for an ``"image"`` one)."""
         if candidate.modality == "text":
-            return candidate.text
+            return {"text": candidate.text}
         text = candidate.text if "text" in candidate.modality else None
         return {"text": text, "image": self.resolve_image(candidate.image_path, candidate.source)}
 

@@ -227,6 +227,6 @@ def mbeir_train(
     return _dataset(records)
 
 
-def _as_dict(item: str | dict[str, Any]) -> dict[str, Any]:
+def _as_dict(item: dict[str, Any]) -> dict[str, Any]:
     """One column type for every row: text candidates become ``{"text": ..., "image": None}``."""
-    return {"text": item, "image": None} if isinstance(item, str) else item
+    return {"text": None, "image": None, **item}
