@@ -113,7 +113,7 @@ def test_exact_card_metadata_and_sections(cards: dict[str, Any]) -> None:
     assert "| mscoco_task0 | 5 | 50.0 |" in text and "synthetic benchmark" in text
     assert "| `cirr_task7` | Retrieve a day-to-day image" in text  # named instructions
     assert "trust_remote_code=True" in text and "max_pixels" in text and "arXiv:2507.14902" in text
-    assert "Embedding dimension:** 64" in text and "handler.py" in text
+    assert "Embedding dimension:** 64" in text and "handler.py" in text and "`UMARVEL_ALLOW_URLS=1`" in text
     parameters = int(re.search(r"Weights:\*\* ([\d,]+) parameters", text).group(1).replace(",", ""))
     assert parameters < 1e6 and f"about {format_size(2 * parameters)} in bfloat16" in text
     assert " KB in bfloat16" in text and "0.0 GB" not in text and "0.00 GB" not in text  # a tiny model: KB
