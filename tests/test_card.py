@@ -78,23 +78,6 @@ def cards(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     return {"root": root, "exact": exact, "portable": portable}
 
 
-def run_cards(root: Path, *cards: Path) -> str:
-    """Run the cards' Python blocks in a subprocess without umarvel_st, offline, with the Hub cache under ``root``;
-    return its output."""
-    hf_home = root / "hf_home"
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub")}
-    result = subprocess.run(
-        [sys.executable, "-c", RUN_CARDS, *map(str, cards)],
-        cwd=root,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    return result.stdout
-
-
 def front_matter(card: str) -> dict[str, Any]:
     assert card.startswith("---\n")
     return yaml.safe_load(card.split("---\n")[1])
@@ -135,23 +118,16 @@ def test_portable_card_reports_the_measured_drift(cards: dict[str, Any]) -> None
     assert "portable" in front_matter(text)["tags"] and f"`{REPO_ID}`" in text
 
 
-def test_every_code_block_runs_as_written_from_the_hub_cache(cards: dict[str, Any]) -> None:
-    root = cards["root"]
-    for repo_id, folder in ((REPO_ID, cards["exact"]), (PORTABLE_REPO_ID, cards["portable"])):
-        install_in_hub_cache(folder, root / "hf_home" / "hub", repo_id)
-        assert CODE_BLOCK.findall((folder / "README.md").read_text())
-    output = run_cards(root, cards["exact"] / "README.md", cards["portable"] / "README.md")
-    assert "model UMarvelTransformer" in output and "model Transformer" in output
-
-
-def test_the_card_written_after_training_runs_as_written(tmp_path: Path) -> None:
-    """sentence-transformers' own card (trainer, then ``model.save``): its snippet loads with trust_remote_code and
-    the example images as images, and runs from the Hub cache without umarvel_st."""
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A U-MARVEL model trained one step by the sentence-transformers trainer on text queries and image documents,
+    then saved with its Hub id: the card is sentence-transformers' own."""
     from datasets import Dataset, Features, Value
     from datasets import Image as ImageFeature
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from sentence_transformers.sentence_transformer.losses import MultipleNegativesRankingLoss
 
+    root = tmp_path_factory.mktemp("trained")
     model = umarvel_st.from_mllm(str(CHECKPOINT))
     dataset = Dataset.from_dict(
         {
@@ -161,7 +137,7 @@ def test_the_card_written_after_training_runs_as_written(tmp_path: Path) -> None
         features=Features({"query": Value("string"), "document": ImageFeature()}),
     )
     args = SentenceTransformerTrainingArguments(
-        output_dir=str(tmp_path / "run"),
+        output_dir=str(root / "run"),
         max_steps=1,
         per_device_train_batch_size=4,
         save_strategy="no",
@@ -172,11 +148,40 @@ def test_the_card_written_after_training_runs_as_written(tmp_path: Path) -> None
     loss = MultipleNegativesRankingLoss(model)
     SentenceTransformerTrainer(model=model, args=args, train_dataset=dataset, loss=loss).train()
     model.model_card_data.set_model_id(TRAINED_REPO_ID)
-    model.save(str(tmp_path / "trained"))
+    model.save(str(root / "model"))
+    return root / "model"
 
-    (snippet,) = CODE_BLOCK.findall((tmp_path / "trained" / "README.md").read_text())
+
+def test_the_card_written_after_training_loads_the_model_as_it_must(trained: Path) -> None:
+    """sentence-transformers' own card (trainer, then ``model.save``) loads with trust_remote_code and opens the
+    example images as images (it runs as written in the next test)."""
+    (snippet,) = CODE_BLOCK.findall((trained / "README.md").read_text())
     assert f'model = SentenceTransformer("{TRAINED_REPO_ID}", trust_remote_code=True)' in snippet
     assert f'image_0 = Image.open(hf_hub_download("{TRAINED_REPO_ID}", "assets/image_0.jpg"))' in snippet
     assert "'assets/" not in snippet and "encode_query(queries)" in snippet  # images are opened, not passed as paths
-    install_in_hub_cache(tmp_path / "trained", tmp_path / "hf_home" / "hub", TRAINED_REPO_ID)
-    assert "model UMarvelTransformer" in run_cards(tmp_path, tmp_path / "trained" / "README.md")
+
+
+def test_every_code_block_runs_as_written_from_the_hub_cache(cards: dict[str, Any], trained: Path) -> None:
+    """The published cards and the card written after training, in one subprocess without umarvel_st."""
+    root = cards["root"]
+    hf_home = root / "hf_home"
+    published = ((REPO_ID, cards["exact"]), (PORTABLE_REPO_ID, cards["portable"]), (TRAINED_REPO_ID, trained))
+    for repo_id, folder in published:
+        install_in_hub_cache(folder, hf_home / "hub", repo_id)
+        assert CODE_BLOCK.findall((folder / "README.md").read_text())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home), "HF_HUB_CACHE": str(hf_home / "hub")}
+    result = subprocess.run(
+        [sys.executable, "-c", RUN_CARDS, *(str(folder / "README.md") for _, folder in published)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-4000:]
+    ran = [line for line in result.stdout.splitlines() if line.startswith("ran ")]
+    assert [line.rsplit(" model ", 1)[1] for line in ran] == [
+        "UMarvelTransformer",
+        "Transformer",
+        "UMarvelTransformer",
+    ]

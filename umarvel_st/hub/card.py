@@ -262,7 +262,7 @@ class UMarvelModelCardData(SentenceTransformerModelCardData):
         shown = display if display and len(display) == len(originals) else originals
         images: dict[str, str] = {}
         values = [_snippet_value(item, original, images) for item, original in zip(shown, originals, strict=True)]
-        dimension = self._get_snippet_output_dimensionality()
+        dimension = self.model.get_embedding_dimension() if self.model is not None else "?"
         lines = [
             *(["from huggingface_hub import hf_hub_download", "from PIL import Image"] if images else []),
             "from sentence_transformers import SentenceTransformer",
