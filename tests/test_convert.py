@@ -103,3 +103,31 @@ def test_a_checkpoint_that_stores_the_tokens_keeps_ids_and_rows(tiny_backbone_fa
     assert report.initialised_rows == () and report.mean_of_rows is None
     assert list(report.token_ids.values()) == tokenizer.convert_tokens_to_ids(list(UMARVEL_TOKENS))
     torch.testing.assert_close(embedding_matrix(tmp_path / "converted"), embedding_matrix(source), rtol=0, atol=0)
+
+
+def test_a_non_empty_destination_is_refused_before_any_work(official, tmp_path: Path) -> None:
+    destination = tmp_path / "converted"
+    destination.mkdir()
+    (destination / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="is not empty; converting into it would mix"):
+        main(["convert", str(official["qwen2_vl"]), str(destination)])
+    with pytest.raises(ValueError, match="only replaces a folder holding a saved model"):
+        main(["convert", str(official["qwen2_vl"]), str(destination), "--overwrite"])
+    assert [path.name for path in destination.iterdir()] == ["notes.txt"]
+
+
+def test_overwrite_replaces_a_saved_model_whole(official, tmp_path: Path) -> None:
+    destination = tmp_path / "converted"
+    convert_checkpoint(str(official["qwen2_vl"]), destination)
+    (destination / "stale.safetensors").write_text("from an earlier run")
+
+    assert main(["convert", str(official["qwen2_vl"]), str(destination), "--overwrite"]) == 0
+
+    assert not (destination / "stale.safetensors").exists() and (destination / "modules.json").is_file()
+
+
+@pytest.mark.parametrize("name", ["missing/checkpoint", "./missing"])
+def test_a_missing_source_folder_is_named_as_such(tmp_path: Path, name: str) -> None:
+    source = str(tmp_path / name) if name.startswith("missing") else name
+    with pytest.raises(ValueError, match=r"checkpoint folder '.*missing.*' does not exist"):
+        convert_checkpoint(source, tmp_path / "converted")

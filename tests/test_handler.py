@@ -1,11 +1,13 @@
-"""The Inference Endpoints handler shipped as ``handler.py``: JSON in (texts, base64 or URL images, an optional
-instruction), the model's own embeddings out."""
+"""The Inference Endpoints handler shipped as ``handler.py``: JSON in (texts, base64 images, an optional
+instruction), the model's own embeddings out; URLs refused unless the deployer enables them, requests bounded and
+every malformed request refused with a message that names the item."""
 
 from __future__ import annotations
 
 import base64
 import importlib.util
 import io
+import socket
 import urllib.request
 from pathlib import Path
 from typing import Any
@@ -29,42 +31,125 @@ def published(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     spec = importlib.util.spec_from_file_location("published_handler", folder / "handler.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    return {"model": model, "handler": module.EndpointHandler(str(folder)), "module": module}
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        monkeypatch.delenv(module.ALLOW_URLS_ENV, raising=False)  # the default deployment
+        handler = module.EndpointHandler(str(folder))
+    return {"model": model, "handler": handler, "module": module, "folder": folder}
 
 
-def png_bytes(seed: int) -> tuple[bytes, Any]:
+def png_base64(seed: int) -> tuple[str, Any]:
     image = make_test_image(84, 56, seed=seed)
     buffer = io.BytesIO()
     image.save(buffer, format="PNG")
-    return buffer.getvalue(), image
+    return base64.b64encode(buffer.getvalue()).decode(), image
 
 
-def test_handler_embeds_documents_and_queries_like_the_model(published: dict[str, Any], monkeypatch) -> None:
-    data, image = png_bytes(1)
-    url_data, url_image = png_bytes(2)
-    monkeypatch.setattr(urllib.request, "urlopen", lambda url, timeout: io.BytesIO(url_data))
-    encoded = base64.b64encode(data).decode()
+@pytest.fixture
+def no_network(monkeypatch) -> list[Any]:
+    """Record (and refuse) every attempt to open a connection or URL."""
+    attempts: list[Any] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        attempts.append(args)
+        raise OSError("network use in a test")
+
+    monkeypatch.setattr(urllib.request, "urlopen", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    return attempts
+
+
+def test_handler_embeds_documents_and_queries_like_the_model(published: dict[str, Any]) -> None:
+    encoded, image = png_base64(1)
+    other, other_image = png_base64(2)
     model, handler = published["model"], published["handler"]
 
     documents = handler({"inputs": ["a red square", {"image": encoded}, {"text": "red", "image": encoded}]})
     queries = handler(
-        {"inputs": [{"text": "a red square"}, {"image": "https://example.com/x.png"}], "instruction": INSTRUCTION}
+        {"inputs": [{"text": "a red square"}, {"image": f"data:image/png;base64,{other}"}], "instruction": INSTRUCTION}
     )
-    per_item = handler({"inputs": {"text": "a red square", "instruction": INSTRUCTION}})
+    per_item = handler({"inputs": {"text": "a red square", "instruction": INSTRUCTION}, "batch_size": 1})
 
     expected_documents = model.encode_document(["a red square", image, {"text": "red", "image": image}])
     np.testing.assert_allclose(documents["embeddings"], expected_documents, atol=1e-5)
     np.testing.assert_allclose(
-        queries["embeddings"], model.encode_query(["a red square", url_image], prompt=INSTRUCTION), atol=1e-5
+        queries["embeddings"], model.encode_query(["a red square", other_image], prompt=INSTRUCTION), atol=1e-5
     )
     np.testing.assert_allclose(per_item["embeddings"], queries["embeddings"][:1], atol=1e-5)
     assert not np.allclose(queries["embeddings"][0], documents["embeddings"][0], atol=1e-3)  # the instruction counts
 
 
 @pytest.mark.parametrize(
-    ("data", "message"),
-    [({"texts": ["x"]}, "'inputs'"), ({"inputs": [{"image": "not base64!"}]}, "base64"), ({"inputs": [3]}, "Item 0")],
+    "url",
+    ["http://127.0.0.1:8080/x.png", "http://10.0.0.7/admin", "https://example.com/cat.jpg", "HTTP://localhost:1/"],
 )
-def test_handler_rejects_malformed_requests(published: dict[str, Any], data: dict, message: str) -> None:
+def test_urls_are_refused_by_default_with_one_message_and_no_connection(
+    published: dict[str, Any], no_network: list[Any], url: str
+) -> None:
+    with pytest.raises(ValueError) as error:
+        published["handler"]({"inputs": [{"image": url}]})
+    assert str(error.value) == f"Item 0: {published['module'].URLS_DISABLED}"  # the same whatever the host or port
+    assert "UMARVEL_ALLOW_URLS=1" in str(error.value)
+    assert no_network == []
+
+
+class Stopped(Exception):
+    """Ends a request once the encoder has been handed its items."""
+
+
+def test_a_deployer_enables_urls_and_the_encoder_fetches_them(
+    published: dict[str, Any], no_network: list[Any], monkeypatch
+) -> None:
+    """With UMARVEL_ALLOW_URLS=1 the handler turns on the encoder's allow_urls and hands it the URL unopened."""
+    module = published["module"]
+    monkeypatch.setenv(module.ALLOW_URLS_ENV, "1")
+    handler = module.EndpointHandler(str(published["folder"]))
+    received: list[Any] = []
+
+    def encode(items: list[dict[str, Any]], **kwargs: Any) -> None:
+        received.append(items)
+        raise Stopped  # what the encoder does with the URL is the encoder's own (tested) business
+
+    monkeypatch.setattr(handler.model, "encode", encode)
+    with pytest.raises(Stopped):
+        handler({"inputs": [{"text": "red", "image": "https://example.com/cat.jpg"}]})
+
+    assert handler.model[0].allow_urls is True
+    assert received == [[{"text": "red", "image": "https://example.com/cat.jpg"}]] and no_network == []
+
+
+@pytest.mark.parametrize("value", ["yes", "2", "on"])
+def test_an_unclear_url_setting_is_refused(published: dict[str, Any], monkeypatch, value: str) -> None:
+    monkeypatch.setenv(published["module"].ALLOW_URLS_ENV, value)
+    with pytest.raises(ValueError, match="UMARVEL_ALLOW_URLS must be 1"):
+        published["module"].urls_allowed()
+
+
+NOT_AN_IMAGE = base64.b64encode(b"GIF89a but not really").decode()
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        (["a red square"], "request body must be a JSON object"),
+        ({"texts": ["x"]}, "needs an 'inputs' field"),
+        ({"inputs": ["x"], "parameters": {}}, r"may have \['instruction', 'batch_size'\]"),
+        ({"inputs": 3}, "'inputs' must be a non-empty list"),
+        ({"inputs": []}, "'inputs' must be a non-empty list"),
+        ({"inputs": ["x"] * 65}, "65 items, more than 64"),
+        ({"inputs": [3]}, "Item 0 must be a string or an object"),
+        ({"inputs": ["x", {"text": 3}]}, "Item 1: 'text' must be a string, got int"),
+        ({"inputs": ["x", {"image": 3}]}, "Item 1: 'image' must be a string"),
+        ({"inputs": ["x", "y", {"image": "not base64!"}]}, "Item 2: 'image' is not valid base64"),
+        ({"inputs": [{"image": NOT_AN_IMAGE}]}, "Item 0: the base64 'image' decodes to 21 bytes that are not an"),
+        ({"inputs": [{"image": "A" * (28 * 1024 * 1024)}]}, "Item 0: the base64 image has 29,360,128 characters"),
+        ({"inputs": ["x"], "instruction": 5}, "'instruction' must be a string"),
+        ({"inputs": ["x"], "batch_size": "8"}, "'batch_size' must be an integer from 1 to 64"),
+        ({"inputs": ["x"], "batch_size": 0}, "'batch_size' must be an integer from 1 to 64"),
+        ({"inputs": ["x"], "batch_size": 10_000}, "'batch_size' must be an integer from 1 to 64"),
+        ({"inputs": ["x"], "batch_size": True}, "'batch_size' must be an integer from 1 to 64"),
+    ],
+)
+def test_handler_rejects_malformed_requests(published: dict[str, Any], data: Any, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         published["handler"](data)

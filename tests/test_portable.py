@@ -3,6 +3,8 @@ bidirectional through the backbone config (verified here, also for a batch of on
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -22,11 +24,13 @@ CHECKPOINT = Path(umarvel_st.__file__).parent / "assets" / "tiny-umarvel-qwen2vl
 def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("portable")
     umarvel_st.from_mllm(str(CHECKPOINT)).save(str(root / "exact"))
-    code = main(
-        ["publish", str(root / "exact"), "org/u-marvel-portable", "--portable", "--dry-run", str(root / "repo")]
-    )
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):  # no -v: what a user sees by default
+        code = main(
+            ["publish", str(root / "exact"), "org/u-marvel-portable", "--portable", "--dry-run", str(root / "repo")]
+        )
     assert code == 0
-    return {"root": root, "repo": root / "repo"}
+    return {"root": root, "repo": root / "repo", "printed": printed.getvalue()}
 
 
 def test_portable_folder_has_only_builtin_modules_and_loads_without_remote_code(exported: dict[str, Any]) -> None:
@@ -59,10 +63,11 @@ def test_attention_is_bidirectional_through_the_config(exported: dict[str, Any],
     assert np.allclose(first[0], first[1], atol=1e-6) == is_causal
 
 
-def test_drift_is_measured_printed_and_written(exported: dict[str, Any], capsys) -> None:
+def test_drift_is_measured_printed_and_written(exported: dict[str, Any]) -> None:
     drift = json.loads((exported["repo"] / "drift.json").read_text())
     assert drift["items"] == 22 and -1 <= drift["min"] <= drift["mean"] < 1  # not exact
-    exact = SentenceTransformer(str(exported["root"] / "exact"), trust_remote_code=True)
+    assert f"on 22 sample items: mean {drift['mean']:.4f}, min {drift['min']:.4f}" in exported["printed"]
+    exact = umarvel_st.load(exported["root"] / "exact")
     again = measure_drift(exact, SentenceTransformer(str(exported["repo"])))
     assert again["mean"] == pytest.approx(drift["mean"], abs=1e-5) and again["min"] == pytest.approx(
         drift["min"], abs=1e-5

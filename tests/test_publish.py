@@ -130,7 +130,7 @@ def test_an_adapter_repo_names_its_base_model(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     ("repo_id", "prepare", "message"),
-    [("u-marvel", None, "org/name"), (REPO_ID, "occupied", "not empty")],
+    [("u-marvel", None, "org/name"), (REPO_ID, "occupied", "not an empty folder")],
 )
 def test_bad_repo_id_or_occupied_folder_is_refused(tmp_path: Path, repo_id: str, prepare, message: str) -> None:
     folder = tmp_path / "repo"
@@ -139,3 +139,45 @@ def test_bad_repo_id_or_occupied_folder_is_refused(tmp_path: Path, repo_id: str,
         (folder / "x").write_text("x")
     with pytest.raises(ValueError, match=message):
         write_repo_folder(CHECKPOINT, folder, repo_id)
+
+
+def test_publish_runs_no_code_from_the_model_folder(saved: Path, tmp_path: Path) -> None:
+    """The folder is loaded with the installed classes: its (here booby-trapped) code copies never run, and the
+    published repo carries the package's own code."""
+    import shutil
+
+    folder = Path(shutil.copytree(saved, tmp_path / "untrusted"))
+    (folder / "encoder.py").write_text("raise RuntimeError('code from the model folder ran')\n")
+
+    repo = write_repo_folder(folder, tmp_path / "repo", REPO_ID)
+
+    package_encoder = Path(umarvel_st.__file__).parent / "modeling" / "encoder.py"
+    assert (repo / "encoder.py").read_bytes() == package_encoder.read_bytes()
+
+
+@pytest.mark.parametrize(
+    ("option", "content", "message"),
+    [
+        ("--eval-report", '{"average": 0.5}', r"needs 'tasks' and 'average'"),
+        ("--eval-report", '{"tasks": {"cirr_task7": {"k": 10}}, "average": 0.5}', r"'cirr_task7' needs .*'score'"),
+        ("--eval-report", '{"tasks": {', r"bad\.json:1: the evaluation report is not valid JSON"),
+        ("--eval-report", None, r"bad\.json' does not exist"),
+        ("--run-config", "- lr: 1\n", r"must hold a mapping"),
+    ],
+)
+def test_bad_card_inputs_are_refused_before_anything_is_written(
+    saved: Path, tmp_path: Path, option: str, content: str | None, message: str
+) -> None:
+    bad = tmp_path / ("bad.yaml" if option == "--run-config" else "bad.json")
+    if content is not None:
+        bad.write_text(content)
+    repo = tmp_path / "repo"
+    with pytest.raises(ValueError, match=message):
+        main(["publish", str(saved), REPO_ID, "--dry-run", str(repo), option, str(bad)])
+    assert not repo.exists()
+
+
+def test_a_missing_model_folder_is_named_as_such(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"model folder '.*missing' does not exist"):
+        main(["publish", str(tmp_path / "missing"), REPO_ID, "--dry-run", str(tmp_path / "repo")])
+    assert not (tmp_path / "repo").exists()

@@ -39,18 +39,6 @@ def test_demo_retrieves_with_the_embedded_model(capsys, tmp_path):
     assert sum(line.startswith("  query ") for line in out.splitlines()) == 6 and "(* marks a correct hit)" in out
 
 
-def test_embedded_model_runs_the_installed_modeling_code():
-    from sentence_transformers import SentenceTransformer
-
-    folder = Path(umarvel_st.__file__).parent / "assets" / "umarvel-demo"
-    assert not list(folder.glob("*.py"))  # no stale copy of the code ships with the package
-    model = SentenceTransformer(str(folder), trust_remote_code=True)
-    assert [type(module).__module__ for module in model][:2] == [
-        "umarvel_st.modeling.encoder",
-        "umarvel_st.modeling.pooling",
-    ]
-
-
 def test_readme_finetune_command_runs_as_written(tmp_path, monkeypatch):
     import json
     import shlex

@@ -1,5 +1,6 @@
 """A saved model carries its modeling code: it loads with only sentence-transformers installed, from its folder
-and by Hub id from an offline cache, and embeds exactly as the model that saved it.
+and by Hub id from an offline cache, and embeds exactly as the model that saved it. The same holds for the embedded
+default model, as shipped, published and re-saved by plain sentence-transformers.
 
 The loads run in one subprocess (importing torch there takes most of the time) in which a ``sys.meta_path``
 finder makes every ``umarvel_st`` import fail. sentence-transformers silently builds a plain Transformer + mean
@@ -20,14 +21,17 @@ import numpy as np
 import pytest
 
 import umarvel_st
+from umarvel_st.cli import main
 from umarvel_st.testing import BLOCK_UMARVEL_ST, install_in_hub_cache, make_test_image
 
 CHECKPOINT = Path(umarvel_st.__file__).parent / "assets" / "tiny-umarvel-qwen2vl"
+EMBEDDED = Path(umarvel_st.__file__).parent / "assets" / "umarvel-demo"
 REPO_ID = "org/u-marvel"
 SOURCE_FILES = ["backbones.py", "encoder.py", "inputs.py", "pooling.py", "remote_code.py"]
 PROMPT_NAME = "cirr_task7"
 
-# Runs without umarvel_st: argv = items.json, model folder, re-save folder, Hub id, output folder.
+# Runs without umarvel_st: argv = plan.json, output folder. The plan holds the items and the loads to run in order:
+# {"name": ..., "source": folder or Hub id, "save_to": optional folder to save the loaded model to}.
 LOAD_SCRIPT = (
     BLOCK_UMARVEL_ST
     + r"""
@@ -43,13 +47,15 @@ except ImportError:
 import numpy as np
 from sentence_transformers import SentenceTransformer
 
-items_file, folder, resaved, repo_id, out = sys.argv[1:]
-items = json.load(open(items_file))
+plan_file, out = sys.argv[1:]
+plan = json.load(open(plan_file))
+items = plan["items"]
 report = {"blocked": blocked}
-for scenario, source in (("folder", folder), ("resaved", resaved), ("hub", repo_id)):
-    model = SentenceTransformer(source, trust_remote_code=True)
-    if scenario == "folder":
-        model.save(resaved)
+for load in plan["loads"]:
+    scenario = load["name"]
+    model = SentenceTransformer(load["source"], trust_remote_code=True)
+    if load.get("save_to"):
+        model.save(load["save_to"])
     np.save(f"{out}/{scenario}-documents.npy", model.encode_document(items["documents"]))
     np.save(f"{out}/{scenario}-queries.npy", model.encode_query(items["queries"], prompt_name=items["prompt_name"]))
     report[scenario] = {
@@ -90,13 +96,11 @@ def saved(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     }
 
 
-@pytest.fixture(scope="module")
-def loaded(saved: dict[str, Any]) -> dict[str, Any]:
-    """Load the saved model in a subprocess without umarvel_st: from its folder, re-saved, and by Hub id."""
-    root = saved["root"]
+def load_without_umarvel_st(root: Path, items: dict[str, Any], loads: list[dict[str, str]]) -> dict[str, Any]:
+    """Run ``loads`` in a subprocess where umarvel_st cannot be imported, offline, with the Hub cache under
+    ``root / "hf_home"``; return the report with each load's embeddings of ``items``."""
     hf_home = root / "hf_home"
-    snapshot = install_in_hub_cache(saved["folder"], hf_home / "hub", REPO_ID)
-    (root / "items.json").write_text(json.dumps(saved["items"]))
+    (root / "plan.json").write_text(json.dumps({"items": items, "loads": loads}))
     (root / "out").mkdir()
     env = {
         **os.environ,
@@ -105,9 +109,8 @@ def loaded(saved: dict[str, Any]) -> dict[str, Any]:
         "HF_HOME": str(hf_home),
         "HF_HUB_CACHE": str(hf_home / "hub"),
     }
-    args = [root / "items.json", saved["folder"], root / "resaved", REPO_ID, root / "out"]
     result = subprocess.run(
-        [sys.executable, "-c", LOAD_SCRIPT, *map(str, args)],
+        [sys.executable, "-c", LOAD_SCRIPT, str(root / "plan.json"), str(root / "out")],
         cwd=root,
         env=env,
         capture_output=True,
@@ -116,12 +119,24 @@ def loaded(saved: dict[str, Any]) -> dict[str, Any]:
     )
     assert result.returncode == 0, result.stderr[-4000:]
     report = json.loads((root / "out" / "report.json").read_text())
-    for scenario in ("folder", "resaved", "hub"):
+    for load in loads:
         for kind in ("documents", "queries"):
-            report[scenario][kind] = np.load(root / "out" / f"{scenario}-{kind}.npy")
-    report["snapshot"] = snapshot
+            report[load["name"]][kind] = np.load(root / "out" / f"{load['name']}-{kind}.npy")
     report["modules_cache"] = hf_home / "modules"
     return report
+
+
+@pytest.fixture(scope="module")
+def loaded(saved: dict[str, Any]) -> dict[str, Any]:
+    """Load the saved model in a subprocess without umarvel_st: from its folder, re-saved, and by Hub id."""
+    root = saved["root"]
+    snapshot = install_in_hub_cache(saved["folder"], root / "hf_home" / "hub", REPO_ID)
+    loads = [
+        {"name": "folder", "source": str(saved["folder"]), "save_to": str(root / "resaved")},
+        {"name": "resaved", "source": str(root / "resaved")},
+        {"name": "hub", "source": REPO_ID},
+    ]
+    return {**load_without_umarvel_st(root, saved["items"], loads), "snapshot": snapshot}
 
 
 def test_saved_folder_holds_flat_code_and_no_local_paths(saved: dict[str, Any]) -> None:
@@ -210,3 +225,50 @@ def test_load_uses_installed_classes_and_runs_no_folder_code(tmp_path: Path) -> 
     assert loaded[0].summarize_suffix is False and loaded[0].max_pixels == 64 * 28 * 28
     items = ["a red square", make_test_image(56, 84, seed=1)]
     np.testing.assert_array_equal(loaded.encode_document(items), model.encode_document(items))
+
+
+REFRESH_EMBEDDED_CODE = (
+    'python -c "import umarvel_st.modeling.remote_code as r, umarvel_st.modeling.encoder as e, '
+    "umarvel_st.modeling.pooling as p; [r.copy_source(m.__file__, 'umarvel_st/assets/umarvel-demo') for m in (e, p)]\""
+)
+
+
+def test_embedded_model_ships_the_current_modeling_code_under_flat_types() -> None:
+    modules = json.loads((EMBEDDED / "modules.json").read_text())
+    assert [module["type"] for module in modules][:2] == [
+        "encoder.UMarvelTransformer",
+        "pooling.InstructionMaskedMeanPooling",
+    ]
+    for name in SOURCE_FILES:
+        shipped, current = EMBEDDED / name, CHECKPOINT.parents[1] / "modeling" / name
+        assert shipped.is_file() and shipped.read_bytes() == current.read_bytes(), (
+            f"The embedded model's {name} differs from umarvel_st/modeling/{name}; refresh its code copies from "
+            f"the repository root with: {REFRESH_EMBEDDED_CODE}"
+        )
+
+
+def test_published_and_plainly_resaved_default_load_without_umarvel_st(tmp_path: Path) -> None:
+    """The embedded default, published (dry run) and loaded by Hub id, and loaded by plain sentence-transformers
+    and saved again (as its trainer does), loads with one line where umarvel_st is missing, embedding exactly as
+    the package does."""
+    from sentence_transformers import SentenceTransformer
+
+    assert main(["publish", str(EMBEDDED), REPO_ID, "--dry-run", str(tmp_path / "repo")]) == 0
+    install_in_hub_cache(tmp_path / "repo", tmp_path / "hf_home" / "hub", REPO_ID)
+    SentenceTransformer(str(EMBEDDED), trust_remote_code=True).save(str(tmp_path / "plain"))
+    items = _items(tmp_path)
+    model = umarvel_st.load(EMBEDDED)
+    expected = {
+        "documents": model.encode_document(items["documents"]),
+        "queries": model.encode_query(items["queries"], prompt_name=PROMPT_NAME),
+    }
+
+    report = load_without_umarvel_st(
+        tmp_path, items, [{"name": "hub", "source": REPO_ID}, {"name": "plain", "source": str(tmp_path / "plain")}]
+    )
+
+    assert report["blocked"] and report["umarvel_st_modules"] == []
+    for scenario in ("hub", "plain"):
+        assert report[scenario]["classes"] == ["UMarvelTransformer", "InstructionMaskedMeanPooling", "Normalize"]
+        np.testing.assert_array_equal(report[scenario]["documents"], expected["documents"])
+        np.testing.assert_array_equal(report[scenario]["queries"], expected["queries"])

@@ -8,6 +8,7 @@ from typing import Any
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Normalize
 
+from .hub.card import UMarvelModelCardData
 from .modeling import MBEIR_INSTRUCTIONS, InstructionMaskedMeanPooling, UMarvelTransformer
 from .modeling.remote_code import PACKAGE_PREFIX, flatten_module_types
 
@@ -25,10 +26,15 @@ class UMarvelSentenceTransformer(SentenceTransformer):
 
     ``save`` (also used by ``save_pretrained``, trainer checkpoints and ``push_to_hub``) writes flat module types and
     the source files, so ``SentenceTransformer(folder_or_hub_id, trust_remote_code=True)`` loads the model with
-    only sentence-transformers installed. Everything else is plain sentence-transformers.
+    only sentence-transformers installed. The card sentence-transformers writes with it (on ``save`` and after
+    training) shows that load and opens its example images as PIL images (:class:`UMarvelModelCardData`). Everything
+    else is plain sentence-transformers.
     """
 
+    model_card_data_class = UMarvelModelCardData
+
     def save(self, path: str, *args: Any, **kwargs: Any) -> None:
+        """Save as sentence-transformers does, with flat module types (see :mod:`umarvel_st.modeling.remote_code`)."""
         super().save(path, *args, **kwargs)
         flatten_module_types(path)
 

@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import argparse
 import logging
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from sentence_transformers import SentenceTransformer
 from transformers import AutoConfig, AutoTokenizer
 
@@ -104,8 +106,40 @@ def initialise_instruction_rows(
     return initialised, rows
 
 
+def _check_paths(source: str, destination: Path, overwrite: bool) -> None:
+    """Refuse a source that is neither a folder nor a Hub id, and a destination that holds files (see ``overwrite``)."""
+    if not Path(source).is_dir():
+        if Path(source).exists():
+            raise ValueError(f"The source {source!r} is a file; pass the checkpoint's folder or its Hub id.")
+        try:
+            validate_repo_id(source)
+        except HFValidationError:
+            raise ValueError(
+                f"The checkpoint folder {source!r} does not exist (and it is not a Hub id of the form org/name); "
+                "check the path."
+            ) from None
+    if not destination.exists():
+        return
+    if not destination.is_dir():
+        raise ValueError(f"The destination {str(destination)!r} is a file; pass a new or empty folder.")
+    if Path(source).is_dir() and destination.resolve() == Path(source).resolve():
+        raise ValueError(f"The destination {str(destination)!r} is the source folder; pass another folder.")
+    if any(destination.iterdir()):
+        if not overwrite:
+            raise ValueError(
+                f"The destination {str(destination)!r} is not empty; converting into it would mix its files with the "
+                "new model's. Pass a new or empty folder, or --overwrite (overwrite=True) to replace a model saved "
+                "there before."
+            )
+        if not (destination / "modules.json").is_file():
+            raise ValueError(
+                f"--overwrite only replaces a folder holding a saved model (modules.json), and {str(destination)!r} "
+                "holds other files; pass a new or empty folder."
+            )
+
+
 def convert_checkpoint(
-    source: str, destination: str | Path, *, dtype: str = "auto", **options: Any
+    source: str, destination: str | Path, *, dtype: str = "auto", overwrite: bool = False, **options: Any
 ) -> tuple[SentenceTransformer, ConversionReport]:
     """Convert an official U-MARVEL checkpoint (local folder or Hub id) and save it to ``destination``.
 
@@ -118,14 +152,20 @@ def convert_checkpoint(
         source: Folder or Hub id of a Qwen2-VL / Qwen2.5-VL / Qwen3-VL U-MARVEL checkpoint.
         destination: Folder to write.
         dtype: Weight dtype to load and save in; ``"auto"`` keeps the checkpoint's (bfloat16 for the official ones).
+        overwrite: Replace the model already saved in ``destination`` (its whole folder, once the conversion
+            succeeded). Without it, ``destination`` must be new or empty.
         **options: Overrides of the reference options (e.g. ``max_pixels``).
 
     Returns:
         The converted model and a :class:`ConversionReport`.
 
     Raises:
-        ValueError: If the backbone is unsupported or the tokenizer holds only some of the tokens.
+        ValueError: Before any work, if ``source`` is neither a folder nor a Hub id, or ``destination`` is not
+            empty (and not a saved model to overwrite); later, if the backbone is unsupported or the tokenizer
+            holds only some of the tokens.
     """
+    destination = Path(destination)
+    _check_paths(source, destination, overwrite)
     config = AutoConfig.from_pretrained(source)
     vocab = AutoTokenizer.from_pretrained(source).get_vocab()
     present = [token for token in UMARVEL_TOKENS if token in vocab]
@@ -158,6 +198,8 @@ def convert_checkpoint(
         weight_bytes=sum(parameter.numel() * parameter.element_size() for parameter in parameters),
         dtype=str(parameters[0].dtype).removeprefix("torch."),
     )
+    if overwrite and destination.exists():
+        shutil.rmtree(destination)
     model.save(str(destination))
     logger.info("Saved the converted model to %s", destination)
     return model, report
@@ -176,11 +218,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="weight dtype (default: the checkpoint's own, bfloat16 for the official ones)",
     )
     parser.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="image pixel budget (default 300*28*28)")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace a model already saved in the destination folder"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``umarvel convert``."""
-    _, report = convert_checkpoint(args.source, args.destination, dtype=args.dtype, max_pixels=args.max_pixels)
+    _, report = convert_checkpoint(
+        args.source, args.destination, dtype=args.dtype, overwrite=args.overwrite, max_pixels=args.max_pixels
+    )
     print(f"Converted {args.source} -> {args.destination}")
     print("Token ids: " + ", ".join(f"{token} {index}" for token, index in report.token_ids.items()))
     if report.initialised_rows:

@@ -21,6 +21,8 @@ from pathlib import Path
 from peft import PeftModel
 from sentence_transformers import SentenceTransformer
 
+from ..model import load
+from ..modeling.remote_code import flatten_module_types
 from ..train.lora import merge_lora
 from .card import CardData, render_model_card
 from .portable import ASSET_IMAGES, export_portable, measure_drift
@@ -53,14 +55,20 @@ def _check_no_local_paths(folder: Path, local_paths: set[str]) -> None:
 
 
 def _load(model: SentenceTransformer | str | Path) -> SentenceTransformer:
+    """The model itself, or the model saved in a local folder, loaded with the installed classes (no folder code)."""
     if isinstance(model, SentenceTransformer):
         return model
+    if not Path(model).is_dir():
+        raise ValueError(
+            f"The model folder {str(model)!r} does not exist (or is not a folder); pass the folder a U-MARVEL model "
+            "was saved to (model.save / umarvel convert / umarvel train)."
+        )
     if not (Path(model) / "modules.json").is_file():
         raise ValueError(
             f"{str(model)!r} is not a saved sentence-transformers model folder (no modules.json). Save the model "
             "first (model.save(folder)), or convert an official checkpoint with `umarvel convert`."
         )
-    return SentenceTransformer(str(model), trust_remote_code=True)
+    return load(model)
 
 
 def write_repo_folder(
@@ -87,13 +95,14 @@ def write_repo_folder(
         The folder.
 
     Raises:
-        ValueError: If ``repo_id`` is malformed, ``folder`` is not empty, the model is not a U-MARVEL model, or a
-            file would name a local path.
+        ValueError: If ``repo_id`` is malformed, ``folder`` is not empty, the model folder is missing, the model is
+            not a U-MARVEL model, or a file would name a local path. All but the last are checked before anything
+            is written.
     """
     _check_repo_id(repo_id)
     folder = Path(folder)
-    if folder.exists() and any(folder.iterdir()):
-        raise ValueError(f"{str(folder)!r} is not empty; pass a new or empty folder to write the repo into.")
+    if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
+        raise ValueError(f"{str(folder)!r} is not an empty folder; pass a new or empty folder to write the repo into.")
     source = model if isinstance(model, (str, Path)) else None
     model = _load(model)
     if type(model[0]).__name__ != "UMarvelTransformer":
@@ -119,6 +128,7 @@ def write_repo_folder(
         card = dataclasses.replace(card, drift=drift)
     else:
         model.save(str(folder))
+        flatten_module_types(folder)  # also for a model built as a plain SentenceTransformer of installed classes
         shutil.copyfile(HANDLER_SOURCE, folder / "handler.py")
     if has_adapter and adapter_base_model:
         adapter_config_path = next(folder.rglob("adapter_config.json"))
@@ -209,7 +219,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``umarvel publish``."""
-    card = CardData(
+    card = CardData(  # reads and checks the run configs and reports before anything is loaded or written
         base_model=args.base_model,
         datasets=args.dataset,
         license=args.license,
