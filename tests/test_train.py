@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import umarvel_st
 from umarvel_st.data.synthetic import make_synthetic_mbeir
 from umarvel_st.data.training import custom_pairs, image_captions, mbeir_train, nli_pairs
 from umarvel_st.testing import make_test_image
@@ -83,13 +84,56 @@ def test_paths_escaping_the_data_root_are_refused(data, tmp_path):
         custom_pairs([{"query": "a", "positive": "b", "negatives": ["c"]}, {"query": "a", "positive": "b"}])
 
 
+@pytest.mark.parametrize(
+    ("row", "error", "message"),
+    [
+        ({"query": "q", "positive": "p", "negatives": "abc"}, TypeError, r"row 0: 'negatives' must be a list"),
+        ({"query": "q", "positive": "p", "negatives": {"text": "n"}}, TypeError, r"row 0: 'negatives' must be a list"),
+        ({"query": "q", "positive": "p", "negatives": [3]}, TypeError, r"row 0 negative 1: a side must be a string"),
+        ({"query": 7, "positive": "p"}, TypeError, r"row 0 query: a side must be a string or a dict"),
+        ({"query": {"text": ["a"]}, "positive": "p"}, TypeError, r"row 0 query: 'text' must be a string"),
+        ({"query": "q", "positive": {"image": 5}}, TypeError, r"row 0 positive: 'image' must be a string"),
+        ({"query": "q", "positive": "p", "instruction": ["x"]}, TypeError, r"row 0: 'instruction' must be a string"),
+        ({"positive": "p"}, ValueError, r"row 0: 'query' is missing"),
+        ("query,positive", TypeError, r"row 0: a row must be a dict"),
+    ],
+)
+def test_custom_pair_rows_of_the_wrong_type_are_refused_naming_row_and_field(row, error, message):
+    with pytest.raises(error, match=message):
+        custom_pairs([row])
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("pairs.json", '[{"query": "q", "positive": "p"},\n', r"pairs\.json:2: malformed JSON"),
+        (
+            "pairs.json",
+            '{"query": "q", "positive": "p"}',
+            r"pairs\.json: a \.json data file holds a list of row objects",
+        ),
+        ("pairs.json", '["q", "p"]', r"pairs\.json\[0\]: a row must be a JSON object"),
+        ("pairs.jsonl", '{"query": "q", "positive": "p"}\n{"query": ', r"pairs\.jsonl:2: malformed JSON"),
+        ("pairs.jsonl", '{"query": "q", "positive": "p"}\n[1, 2]\n', r"pairs\.jsonl:2: a row must be a JSON object"),
+        ("pairs.jsonl", '{"query": "q", "positive": "p", "negatives": "n"}\n', r"pairs\.jsonl:1: 'negatives' must"),
+    ],
+)
+def test_malformed_data_files_are_refused_naming_the_file_and_line(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises((ValueError, TypeError), match=message):
+        custom_pairs(tmp_path / name)
+    (tmp_path / "latin1.jsonl").write_bytes('{"query": "caf\xe9", "positive": "p"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.jsonl: not UTF-8 text"):
+        custom_pairs(tmp_path / "latin1.jsonl")
+
+
 def test_recipes_validate(tmp_path):
     assert {"umarvel-qwen2vl-7b", "umarvel-qwen3vl-4b", "demo", "finetune"} <= set(shipped_recipes())
     recipe = load_recipe("umarvel-qwen2vl-7b")
     assert [stage.lora_r for stage in recipe.stages] == [64, 128, 128]
     assert [stage.loss for stage in recipe.stages] == ["infonce", "symmetric", "infonce"]
     assert recipe.stages[2].learnable_temperature and recipe.stages[2].instructions
-    with pytest.raises(ValueError, match="Unknown StageConfig keys"):
+    with pytest.raises(ValueError, match="stages.0.learning_rate: unknown stage key"):
         load_recipe("finetune", ["stages.0.learning_rate=1"])
     with pytest.raises(ValueError, match="data.kind"):
         load_recipe("finetune", ["stages.0.data.kind=tsv"])
@@ -116,9 +160,7 @@ def test_paper_recipes_run_on_tiny_backbones_and_chain_stages(data, tmp_path, re
     assert configs[0]["temperature"] == pytest.approx(0.05)  # fixed
     assert abs(configs[2]["temperature"] - 0.05) > 1e-6  # learned
     assert (final / "temperature.json").is_file() and (final / "modules.json").is_file()
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(final), trust_remote_code=True)
+    model = umarvel_st.load(final)
     assert model[0].generation_prompt is True and np.isfinite(model.encode(["hello"])).all()
 
 
@@ -143,6 +185,14 @@ stages:
 """
 
 
+# Planted in the checkpoints of the killed run: resuming must never import code from the checkpoint folder.
+PLANTED_CODE = """
+from pathlib import Path
+
+Path({marker!r}).write_text("code from the checkpoint folder ran")
+"""
+
+
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(data, tmp_path, adapter):
     killed = tmp_path / "killed.yaml"
@@ -156,25 +206,27 @@ def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(data, tmp_pa
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert checkpoint.is_file() and not (tmp_path / "killed" / "01-first" / "run_config.json").exists()
+    marker = tmp_path / "planted-code-ran"
+    for folder in (tmp_path / "killed" / "01-first" / "checkpoints").glob("checkpoint-*"):
+        for name in ("encoder.py", "pooling.py"):  # the files its modules.json types name
+            (folder / name).write_text(PLANTED_CODE.format(marker=str(marker)))
 
     resumed = train(load_recipe(killed))
+    assert not marker.exists()  # resumed with the installed classes
     fresh_recipe = tmp_path / "fresh.yaml"
     fresh_recipe.write_text(RESUME_RECIPE.format(out=tmp_path / "fresh", nli=data / "nli.csv", adapter=adapter))
     fresh = train(load_recipe(fresh_recipe))
     resumed_config = json.loads((tmp_path / "killed" / "01-first" / "run_config.json").read_text())
     fresh_config = json.loads((tmp_path / "fresh" / "01-first" / "run_config.json").read_text())
     assert resumed_config["temperature"] == pytest.approx(fresh_config["temperature"], rel=1e-5)
-    from sentence_transformers import SentenceTransformer
-
     items = ["a person walks", "someone is walking"]
-    a = SentenceTransformer(str(resumed), trust_remote_code=True).encode(items)
-    b = SentenceTransformer(str(fresh), trust_remote_code=True).encode(items)
+    a = umarvel_st.load(resumed).encode(items)
+    b = umarvel_st.load(fresh).encode(items)
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert train(load_recipe(killed)) == resumed  # a finished run redoes nothing
 
 
 def test_fine_tune_a_model_loaded_by_hub_id_from_a_local_cache(tmp_path):
-    import umarvel_st
     from umarvel_st.testing import install_in_hub_cache
 
     checkpoint = Path(umarvel_st.__file__).parent / "assets" / "tiny-umarvel-qwen2vl"
