@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -226,6 +227,75 @@ def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(data, tmp_pa
     assert train(load_recipe(killed)) == resumed  # a finished run redoes nothing
 
 
+TWO_STAGES = """
+name: two
+base_model: tiny:qwen2_vl
+output_dir: {out}
+seed: 1
+stages:
+  - name: first
+    data: {{kind: nli, path: {nli}}}
+    adapter: full
+    lr: 1.0e-3
+    batch_size: 4
+    max_steps: 1
+    save_steps: 1
+    gradient_checkpointing: false
+  - name: second
+    data: {{kind: nli, path: {nli}}}
+    lora_r: 4
+    lora_alpha: 8
+    lr: 1.0e-3
+    batch_size: 4
+    max_steps: 1
+    save_steps: 1
+    gradient_checkpointing: false
+"""
+
+
+def test_a_changed_recipe_is_refused_before_training_naming_the_changed_keys(data, tmp_path, monkeypatch):
+    from umarvel_st.modeling import UMarvelTransformer
+
+    endings = []  # the last tokens of every sequence the stages train on (left padding: the real ends)
+    forward = UMarvelTransformer.forward
+
+    def spy(self, features, **kwargs):
+        if self.training:
+            endings.extend(self.tokenizer.batch_decode(features["input_ids"][:, -3:]))
+        return forward(self, features, **kwargs)
+
+    monkeypatch.setattr(UMarvelTransformer, "forward", spy)
+    path = tmp_path / "two.yaml"
+    path.write_text(TWO_STAGES.format(out=tmp_path / "run", nli=data / "nli.csv"))
+    final = train(load_recipe(path))
+    # Training renders the chat without the generation prompt; the saved model renders with it (inference).
+    assert endings and all(ending.endswith("<|im_end|>\n") for ending in endings), endings[:2]
+    assert umarvel_st.load(final)[0].generation_prompt is True
+    first, second = (tmp_path / "run" / name / "run_config.json" for name in ("01-first", "02-second"))
+    records = {config: config.read_text() for config in (first, second, tmp_path / "run" / "recipe.json")}
+
+    assert train(load_recipe(path)) == final  # the same recipe: both stages are done
+    with pytest.raises(ValueError, match=r"Stage 'second' .*stages\.1\.lr: 0\.001 -> 0\.002.*--restart-from second"):
+        train(load_recipe(path, ["stages.1.lr=2e-3"]))
+    with pytest.raises(ValueError, match=r"Stage 'first' .*stages\.0\.adapter: 'full' -> 'lora'"):
+        train(load_recipe(path, ["stages.0.adapter=lora"]))
+    with pytest.raises(ValueError, match=r"base model .*base_model: 'tiny:qwen2_vl' -> 'tiny:qwen3_vl'"):
+        train(load_recipe(path, ["base_model=tiny:qwen3_vl"]))
+    with pytest.raises(ValueError, match=r"base model .*seed: 1 -> 2"):  # the tiny backbone's random weights
+        train(load_recipe(path, ["seed=2"]))
+    assert {config: config.read_text() for config in records} == records  # nothing ran, nothing was rewritten
+
+    second.unlink()  # the stage is now only checkpointed: resuming it under other settings is refused too
+    with pytest.raises(ValueError, match=r"Stage 'second' .*stages\.1\.max_steps: 1 -> 2"):
+        train(load_recipe(path, ["stages.1.max_steps=2"]))
+    train(load_recipe(path, ["stages.1.lr=2e-3"]), restart_from="second")
+    assert json.loads(second.read_text())["stage"]["lr"] == 2e-3 and first.read_text() == records[first]
+    assert train(load_recipe(path, ["stages.1.lr=2e-3"])) == final  # the new settings are now the recorded ones
+    shutil.rmtree(tmp_path / "run" / "01-first")  # a changed first stage would be retrained: the second's input
+    with pytest.raises(ValueError, match=r"Stage 'second' .*changed: input model"):
+        train(load_recipe(path, ["stages.1.lr=2e-3", "stages.0.lr=5e-4"]))
+
+
 def test_fine_tune_a_model_loaded_by_hub_id_from_a_local_cache(tmp_path):
     from umarvel_st.testing import install_in_hub_cache
 
@@ -245,14 +315,9 @@ def test_fine_tune_a_model_loaded_by_hub_id_from_a_local_cache(tmp_path):
 @pytest.mark.slow
 def test_embedded_demo_model_beats_the_untrained_baseline(tmp_path):
     """The shipped model on the default synthetic benchmark's held-out split (as in benchmarks/results)."""
-    from sentence_transformers import SentenceTransformer
-
-    import umarvel_st
     from umarvel_st.evaluation.mbeir_evaluator import MBEIREvaluator
 
     make_synthetic_mbeir(tmp_path / "data")
-    model = SentenceTransformer(
-        str(Path(umarvel_st.__file__).parent / "assets" / "umarvel-demo"), trust_remote_code=True
-    )
+    model = umarvel_st.load(Path(umarvel_st.__file__).parent / "assets" / "umarvel-demo")
     results = MBEIREvaluator(tmp_path / "data", show_progress_bar=False).evaluate(model)
     assert results["tasks"]["mscoco_task0"]["score"] >= 0.8 and results["average"] >= 0.5  # untrained: 0.036

@@ -93,35 +93,32 @@ def stage_settings(stage: StageConfig, seed: int, input_fingerprint: str) -> dic
     return {"stage": fields, "seed": seed, "input": input_fingerprint}
 
 
-def _changes(recorded: dict[str, Any], current: dict[str, Any], prefix: str) -> list[str]:
-    """``path: old -> new`` for every key whose value differs between two settings dicts (nested)."""
-    changes = []
-    for key in sorted(set(recorded) | set(current), key=str):
-        old, new = recorded.get(key, "<unset>"), current.get(key, "<unset>")
-        path = f"{prefix}{key}"
-        if isinstance(old, dict) and isinstance(new, dict):
-            changes += _changes(old, new, f"{path}.")
-        elif old != new:
-            changes.append(f"{path}: {old!r} -> {new!r}")
+def _changes(recorded: dict[str, Any], current: dict[str, Any], stage_path: str) -> list[str]:
+    """``key: old -> new`` for every setting that differs; a stage's fields are named by their recipe path."""
+
+    def differ(old: dict[str, Any], new: dict[str, Any], prefix: str) -> list[str]:
+        keys = sorted(set(old) | set(new))
+        pairs = [(key, old.get(key, "<unset>"), new.get(key, "<unset>")) for key in keys]
+        return [f"{prefix}{key}: {before!r} -> {after!r}" for key, before, after in pairs if before != after]
+
+    changes = differ(recorded.get("stage", {}), current.get("stage", {}), stage_path)
+    for change in differ({**recorded, "stage": None}, {**current, "stage": None}, ""):
+        if change.startswith("input:"):
+            change = "input model (an earlier stage's settings, the base model or the init_from folder)"
+        changes.append(change)
     return changes
 
 
-def _check_record(folder: Path, settings: dict[str, Any], what: str, prefix: str, fix: str) -> None:
+def _check_record(folder: Path, settings: dict[str, Any], what: str, stage_path: str, fix: str) -> None:
     """Refuse to reuse ``folder`` when its recorded settings differ from ``settings``."""
     record = folder / SETTINGS
     recorded = json.loads(record.read_text(encoding="utf-8"))["settings"] if record.is_file() else {}
     current = json.loads(json.dumps(settings))  # as JSON stores it (tuples become lists)
     if recorded == current:
         return
-    changes = _changes(recorded, current, prefix) if recorded else [f"{record} is missing"]
-    changes = [
-        "input model (an earlier stage's settings, the base model or the init_from folder)"
-        if change.startswith(f"{prefix}input:")
-        else change
-        for change in changes
-    ]
+    changes = _changes(recorded, current, stage_path) if recorded else [f"{record} is missing"]
     raise ValueError(
-        f"{what} in {folder} was trained with other settings than the recipe now gives, so it cannot be reused "
+        f"{what} in {folder} was made with other settings than the recipe now gives, so it cannot be reused "
         f"(changed: {'; '.join(changes)}). Train into a new output_dir (--set output_dir=...), or {fix}."
     )
 
