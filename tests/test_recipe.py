@@ -72,6 +72,7 @@ def write_recipe(tmp_path: Path, extra: str = "", pairs: Path | None = None) -> 
         ("evaluate={data: x, task: [mscoco_task0]}", r"evaluate\.task: unknown evaluate option"),
         ("evaluate={data: x, pool: huge}", r"evaluate\.pool: 'huge' is not one of \['local', 'global'\]"),
         ("evaluate={data: x, batch_size: 0}", r"evaluate\.batch_size: must be > 0"),
+        ("evaluate={data: x, tasks: []}", r"evaluate\.tasks: an empty list selects nothing"),
         ("evaluate={pool: local}", r"evaluate\.data: evaluate needs this option"),
         ("deepspeed=true", r"deepspeed: expected a non-empty string"),
     ],
@@ -87,6 +88,8 @@ def test_yaml_numbers_are_read_as_yaml_1_2_does(tmp_path):
     assert stage.lr == 1e-4 and stage.weight_decay == 0.01 and stage.max_grad_norm == 5.0
     assert isinstance(stage.lr, float) and stage.learnable_temperature is False
     assert load_recipe(write_recipe(tmp_path), ["stages.0.lr=2e-4", "stages.0.epochs=3"]).stages[0].epochs == 3
+    path = write_recipe(tmp_path, extra="evaluate: null\n")
+    assert load_recipe(path, ["evaluate.data=runs/data"]).evaluate == {"data": "runs/data"}
 
 
 @pytest.mark.parametrize(

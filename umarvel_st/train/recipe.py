@@ -141,6 +141,8 @@ def _check_options(values: Any, schema: dict[str, tuple[Any, bool]], what: str, 
         _check_type(name, values[name], hint)
         if hint is int and values[name] <= 0:
             raise RecipeError(name, f"must be > 0, got {_describe(values[name])}.")
+        if typing.get_origin(hint) is list and not values[name]:
+            raise RecipeError(name, "an empty list selects nothing; leave the option out to select everything.")
 
 
 @dataclass
@@ -314,8 +316,8 @@ def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
             key: int | str = int(part)
         elif isinstance(node, dict):
             key = part  # an unknown key is refused, with the known ones, when the recipe is built
-            if not last:
-                node.setdefault(key, {})
+            if not last and node.get(key) is None:
+                node[key] = {}
         else:
             raise RecipeError(here, f"{'.'.join(parts[:depth])} is {_describe(node)}, which has no fields.")
         if last:

@@ -423,7 +423,8 @@ def check_inputs(recipe: Recipe, plans: list[StagePlan]) -> tuple[dict[int, Any]
         try:
             datasets[item.index] = build_dataset(item.stage, recipe.seed)
         except (ValueError, TypeError) as error:
-            raise type(error)(f"Stage {item.stage.name!r} (stages.{item.index}.data): {error}") from None
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(f"Stage {item.stage.name!r} (stages.{item.index}.data): {error}") from None
     evaluator = None
     if recipe.evaluate is not None and pending:
         try:
@@ -451,7 +452,13 @@ def train(recipe: Recipe, restart_from: str | None = None) -> Path:
         discard = [item.folder for item in plans if item.status == "train"]
         if restart_from == recipe.stages[0].name:
             discard.insert(0, _base_dir(recipe))
-        for folder in (folder for folder in discard if folder.exists()):
+        discard = [folder for folder in discard if folder.exists()]
+        if discard and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(
+                f"--restart-from deletes folders, and under torchrun/accelerate every process would do it at once. "
+                f"Delete {[str(folder) for folder in discard]} yourself and rerun without --restart-from."
+            )
+        for folder in discard:
             logger.warning("--restart-from %s: discarding %s", restart_from, folder)
             shutil.rmtree(folder)
     Path(recipe.output_dir).mkdir(parents=True, exist_ok=True)
