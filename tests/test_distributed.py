@@ -213,10 +213,8 @@ def test_the_recipe_deepspeed_config_reaches_the_training_arguments(
     """DeepSpeed itself is not installed here: the training arguments are recorded, not built."""
     import json
 
-    import sentence_transformers
-
+    from umarvel_st.train import runner
     from umarvel_st.train.recipe import load_recipe
-    from umarvel_st.train.runner import run_stage
 
     received = {}
 
@@ -224,13 +222,14 @@ def test_the_recipe_deepspeed_config_reaches_the_training_arguments(
         received.update(kwargs)
         raise _ArgumentsReached
 
-    monkeypatch.setattr(sentence_transformers, "SentenceTransformerTrainingArguments", record)
+    monkeypatch.setattr(runner, "SentenceTransformerTrainingArguments", record)
     (tmp_path / "pairs.jsonl").write_text(json.dumps({"query": "a cat", "positive": "a cat on a mat"}) + "\n")
     recipe = load_recipe(
         "finetune",
         [f"output_dir={tmp_path / 'run'}", f"stages.0.data.path={tmp_path / 'pairs.jsonl'}", "deepspeed=ds.json"],
     )
+    dataset = runner.build_dataset(recipe.stages[0], recipe.seed)
     with pytest.raises(_ArgumentsReached):
-        run_stage(recipe, 0, tiny_backbone_factory("qwen2_vl"), None)
+        runner.run_stage(recipe, 0, tiny_backbone_factory("qwen2_vl"), None, dataset=dataset, settings={})
     assert received["deepspeed"] == "ds.json"
     assert load_recipe("finetune").deepspeed is None

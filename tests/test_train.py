@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import umarvel_st
 from umarvel_st.data.synthetic import make_synthetic_mbeir
 from umarvel_st.data.training import custom_pairs, image_captions, mbeir_train, nli_pairs
 from umarvel_st.testing import make_test_image
@@ -83,13 +85,56 @@ def test_paths_escaping_the_data_root_are_refused(data, tmp_path):
         custom_pairs([{"query": "a", "positive": "b", "negatives": ["c"]}, {"query": "a", "positive": "b"}])
 
 
+@pytest.mark.parametrize(
+    ("row", "error", "message"),
+    [
+        ({"query": "q", "positive": "p", "negatives": "abc"}, TypeError, r"row 0: 'negatives' must be a list"),
+        ({"query": "q", "positive": "p", "negatives": {"text": "n"}}, TypeError, r"row 0: 'negatives' must be a list"),
+        ({"query": "q", "positive": "p", "negatives": [3]}, TypeError, r"row 0 negative 1: a side must be a string"),
+        ({"query": 7, "positive": "p"}, TypeError, r"row 0 query: a side must be a string or a dict"),
+        ({"query": {"text": ["a"]}, "positive": "p"}, TypeError, r"row 0 query: 'text' must be a string"),
+        ({"query": "q", "positive": {"image": 5}}, TypeError, r"row 0 positive: 'image' must be a string"),
+        ({"query": "q", "positive": "p", "instruction": ["x"]}, TypeError, r"row 0: 'instruction' must be a string"),
+        ({"positive": "p"}, ValueError, r"row 0: 'query' is missing"),
+        ("query,positive", TypeError, r"row 0: a row must be a dict"),
+    ],
+)
+def test_custom_pair_rows_of_the_wrong_type_are_refused_naming_row_and_field(row, error, message):
+    with pytest.raises(error, match=message):
+        custom_pairs([row])
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("pairs.json", '[{"query": "q", "positive": "p"},\n', r"pairs\.json:2: malformed JSON"),
+        (
+            "pairs.json",
+            '{"query": "q", "positive": "p"}',
+            r"pairs\.json: a \.json data file holds a list of row objects",
+        ),
+        ("pairs.json", '["q", "p"]', r"pairs\.json\[0\]: a row must be a JSON object"),
+        ("pairs.jsonl", '{"query": "q", "positive": "p"}\n{"query": ', r"pairs\.jsonl:2: malformed JSON"),
+        ("pairs.jsonl", '{"query": "q", "positive": "p"}\n[1, 2]\n', r"pairs\.jsonl:2: a row must be a JSON object"),
+        ("pairs.jsonl", '{"query": "q", "positive": "p", "negatives": "n"}\n', r"pairs\.jsonl:1: 'negatives' must"),
+    ],
+)
+def test_malformed_data_files_are_refused_naming_the_file_and_line(tmp_path, name, text, message):
+    (tmp_path / name).write_text(text)
+    with pytest.raises((ValueError, TypeError), match=message):
+        custom_pairs(tmp_path / name)
+    (tmp_path / "latin1.jsonl").write_bytes('{"query": "caf\xe9", "positive": "p"}\n'.encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin1\.jsonl: not UTF-8 text"):
+        custom_pairs(tmp_path / "latin1.jsonl")
+
+
 def test_recipes_validate(tmp_path):
     assert {"umarvel-qwen2vl-7b", "umarvel-qwen3vl-4b", "demo", "finetune"} <= set(shipped_recipes())
     recipe = load_recipe("umarvel-qwen2vl-7b")
     assert [stage.lora_r for stage in recipe.stages] == [64, 128, 128]
     assert [stage.loss for stage in recipe.stages] == ["infonce", "symmetric", "infonce"]
     assert recipe.stages[2].learnable_temperature and recipe.stages[2].instructions
-    with pytest.raises(ValueError, match="Unknown StageConfig keys"):
+    with pytest.raises(ValueError, match="stages.0.learning_rate: unknown stage key"):
         load_recipe("finetune", ["stages.0.learning_rate=1"])
     with pytest.raises(ValueError, match="data.kind"):
         load_recipe("finetune", ["stages.0.data.kind=tsv"])
@@ -116,9 +161,7 @@ def test_paper_recipes_run_on_tiny_backbones_and_chain_stages(data, tmp_path, re
     assert configs[0]["temperature"] == pytest.approx(0.05)  # fixed
     assert abs(configs[2]["temperature"] - 0.05) > 1e-6  # learned
     assert (final / "temperature.json").is_file() and (final / "modules.json").is_file()
-    from sentence_transformers import SentenceTransformer
-
-    model = SentenceTransformer(str(final), trust_remote_code=True)
+    model = umarvel_st.load(final)
     assert model[0].generation_prompt is True and np.isfinite(model.encode(["hello"])).all()
 
 
@@ -143,6 +186,14 @@ stages:
 """
 
 
+# Planted in the checkpoints of the killed run: resuming must never import code from the checkpoint folder.
+PLANTED_CODE = """
+from pathlib import Path
+
+Path({marker!r}).write_text("code from the checkpoint folder ran")
+"""
+
+
 @pytest.mark.parametrize("adapter", ["full", "lora"])
 def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(data, tmp_path, adapter):
     killed = tmp_path / "killed.yaml"
@@ -156,25 +207,96 @@ def test_kill_9_then_rerun_resumes_and_matches_an_uninterrupted_run(data, tmp_pa
     process.send_signal(signal.SIGKILL)
     process.wait()
     assert checkpoint.is_file() and not (tmp_path / "killed" / "01-first" / "run_config.json").exists()
+    marker = tmp_path / "planted-code-ran"
+    for folder in (tmp_path / "killed" / "01-first" / "checkpoints").glob("checkpoint-*"):
+        for name in ("encoder.py", "pooling.py"):  # the files its modules.json types name
+            (folder / name).write_text(PLANTED_CODE.format(marker=str(marker)))
 
     resumed = train(load_recipe(killed))
+    assert not marker.exists()  # resumed with the installed classes
     fresh_recipe = tmp_path / "fresh.yaml"
     fresh_recipe.write_text(RESUME_RECIPE.format(out=tmp_path / "fresh", nli=data / "nli.csv", adapter=adapter))
     fresh = train(load_recipe(fresh_recipe))
     resumed_config = json.loads((tmp_path / "killed" / "01-first" / "run_config.json").read_text())
     fresh_config = json.loads((tmp_path / "fresh" / "01-first" / "run_config.json").read_text())
     assert resumed_config["temperature"] == pytest.approx(fresh_config["temperature"], rel=1e-5)
-    from sentence_transformers import SentenceTransformer
-
     items = ["a person walks", "someone is walking"]
-    a = SentenceTransformer(str(resumed), trust_remote_code=True).encode(items)
-    b = SentenceTransformer(str(fresh), trust_remote_code=True).encode(items)
+    a = umarvel_st.load(resumed).encode(items)
+    b = umarvel_st.load(fresh).encode(items)
     np.testing.assert_allclose(a, b, atol=1e-4)
     assert train(load_recipe(killed)) == resumed  # a finished run redoes nothing
 
 
+TWO_STAGES = """
+name: two
+base_model: tiny:qwen2_vl
+output_dir: {out}
+seed: 1
+stages:
+  - name: first
+    data: {{kind: nli, path: {nli}}}
+    adapter: full
+    lr: 1.0e-3
+    batch_size: 4
+    max_steps: 1
+    save_steps: 1
+    gradient_checkpointing: false
+  - name: second
+    data: {{kind: nli, path: {nli}}}
+    lora_r: 4
+    lora_alpha: 8
+    lr: 1.0e-3
+    batch_size: 4
+    max_steps: 1
+    save_steps: 1
+    gradient_checkpointing: false
+"""
+
+
+def test_a_changed_recipe_is_refused_before_training_naming_the_changed_keys(data, tmp_path, monkeypatch):
+    from umarvel_st.modeling import UMarvelTransformer
+
+    endings = []  # the last tokens of every sequence the stages train on (left padding: the real ends)
+    forward = UMarvelTransformer.forward
+
+    def spy(self, features, **kwargs):
+        if self.training:
+            endings.extend(self.tokenizer.batch_decode(features["input_ids"][:, -3:]))
+        return forward(self, features, **kwargs)
+
+    monkeypatch.setattr(UMarvelTransformer, "forward", spy)
+    path = tmp_path / "two.yaml"
+    path.write_text(TWO_STAGES.format(out=tmp_path / "run", nli=data / "nli.csv"))
+    final = train(load_recipe(path))
+    # Training renders the chat without the generation prompt; the saved model renders with it (inference).
+    assert endings and all(ending.endswith("<|im_end|>\n") for ending in endings), endings[:2]
+    assert umarvel_st.load(final)[0].generation_prompt is True
+    first, second = (tmp_path / "run" / name / "run_config.json" for name in ("01-first", "02-second"))
+    records = {config: config.read_text() for config in (first, second, tmp_path / "run" / "recipe.json")}
+
+    assert train(load_recipe(path)) == final  # the same recipe: both stages are done
+    with pytest.raises(ValueError, match=r"Stage 'second' .*stages\.1\.lr: 0\.001 -> 0\.002.*--restart-from second"):
+        train(load_recipe(path, ["stages.1.lr=2e-3"]))
+    with pytest.raises(ValueError, match=r"Stage 'first' .*stages\.0\.adapter: 'full' -> 'lora'"):
+        train(load_recipe(path, ["stages.0.adapter=lora"]))
+    with pytest.raises(ValueError, match=r"base model .*base_model: 'tiny:qwen2_vl' -> 'tiny:qwen3_vl'"):
+        train(load_recipe(path, ["base_model=tiny:qwen3_vl"]))
+    with pytest.raises(ValueError, match=r"base model .*seed: 1 -> 2"):  # the tiny backbone's random weights
+        train(load_recipe(path, ["seed=2"]))
+    assert {config: config.read_text() for config in records} == records  # nothing ran, nothing was rewritten
+
+    second.unlink()  # the stage is now only checkpointed: resuming it under other settings is refused too
+    with pytest.raises(ValueError, match=r"Stage 'second' .*stages\.1\.max_steps: 1 -> 2"):
+        train(load_recipe(path, ["stages.1.max_steps=2"]))
+    train(load_recipe(path, ["stages.1.lr=2e-3"]), restart_from="second")
+    assert json.loads(second.read_text())["stage"]["lr"] == 2e-3 and first.read_text() == records[first]
+    assert train(load_recipe(path, ["stages.1.lr=2e-3"])) == final  # the new settings are now the recorded ones
+    shutil.rmtree(tmp_path / "run" / "01-first")  # a changed first stage would be retrained: the second's input
+    with pytest.raises(ValueError, match=r"Stage 'second' .*changed: input model"):
+        train(load_recipe(path, ["stages.1.lr=2e-3", "stages.0.lr=5e-4"]))
+
+
 def test_fine_tune_a_model_loaded_by_hub_id_from_a_local_cache(tmp_path):
-    import umarvel_st
     from umarvel_st.testing import install_in_hub_cache
 
     checkpoint = Path(umarvel_st.__file__).parent / "assets" / "tiny-umarvel-qwen2vl"
@@ -193,14 +315,9 @@ def test_fine_tune_a_model_loaded_by_hub_id_from_a_local_cache(tmp_path):
 @pytest.mark.slow
 def test_embedded_demo_model_beats_the_untrained_baseline(tmp_path):
     """The shipped model on the default synthetic benchmark's held-out split (as in benchmarks/results)."""
-    from sentence_transformers import SentenceTransformer
-
-    import umarvel_st
     from umarvel_st.evaluation.mbeir_evaluator import MBEIREvaluator
 
     make_synthetic_mbeir(tmp_path / "data")
-    model = SentenceTransformer(
-        str(Path(umarvel_st.__file__).parent / "assets" / "umarvel-demo"), trust_remote_code=True
-    )
+    model = umarvel_st.load(Path(umarvel_st.__file__).parent / "assets" / "umarvel-demo")
     results = MBEIREvaluator(tmp_path / "data", show_progress_bar=False).evaluate(model)
     assert results["tasks"]["mscoco_task0"]["score"] >= 0.8 and results["average"] >= 0.5  # untrained: 0.036

@@ -17,7 +17,7 @@ import json
 import logging
 import os
 import random
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -27,25 +27,52 @@ logger = logging.getLogger(__name__)
 
 
 def _rows(path: str | Path) -> Iterator[tuple[str, dict[str, Any]]]:
-    """Rows of a csv, json (list) or jsonl file, each with a ``file:line`` location."""
+    """Rows of a csv, json (a list of objects) or jsonl file, each with a ``file:line`` (or ``file[index]``) location.
+
+    Raises:
+        ValueError: For a missing file, an unsupported suffix, text that is not UTF-8, malformed JSON (with the
+            file, and the line for jsonl) or a row that is not an object.
+    """
     path = Path(path)
-    if path.suffix == ".csv":
-        with path.open(newline="", encoding="utf-8") as handle:
-            for line, row in enumerate(csv.DictReader(handle), start=2):
-                yield f"{path}:{line}", row
-    elif path.suffix == ".json":
-        for index, row in enumerate(json.loads(path.read_text(encoding="utf-8"))):
-            yield f"{path}[{index}]", row
-    elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as handle:
-            for line, text in enumerate(handle, start=1):
-                if text.strip():
-                    try:
-                        yield f"{path}:{line}", json.loads(text)
-                    except json.JSONDecodeError as error:
-                        raise ValueError(f"{path}:{line}: malformed JSON ({error.msg})") from error
-    else:
+    if path.suffix not in (".csv", ".json", ".jsonl"):
         raise ValueError(f"Unsupported data file {str(path)!r}: use .csv, .json or .jsonl.")
+    if not path.is_file():
+        raise ValueError(
+            f"Data file {path} does not exist. Check the path (relative paths start in the working folder)."
+        )
+    try:
+        if path.suffix == ".csv":
+            with path.open(newline="", encoding="utf-8") as handle:
+                for line, row in enumerate(csv.DictReader(handle), start=2):
+                    yield f"{path}:{line}", row
+        elif path.suffix == ".json":
+            try:
+                rows = json.loads(path.read_text(encoding="utf-8"))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{error.lineno}: malformed JSON ({error.msg}).") from None
+            if not isinstance(rows, list):
+                raise ValueError(f"{path}: a .json data file holds a list of row objects, got {type(rows).__name__}.")
+            for index, row in enumerate(rows):
+                yield f"{path}[{index}]", _object(row, f"{path}[{index}]")
+        else:
+            with path.open(encoding="utf-8") as handle:
+                for line, text in enumerate(handle, start=1):
+                    if text.strip():
+                        try:
+                            row = json.loads(text)
+                        except json.JSONDecodeError as error:
+                            raise ValueError(f"{path}:{line}: malformed JSON ({error.msg}).") from None
+                        yield f"{path}:{line}", _object(row, f"{path}:{line}")
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{path}: not UTF-8 text ({error.reason} at byte {error.start}); save it as UTF-8.") from None
+
+
+def _object(row: Any, where: str) -> dict[str, Any]:
+    if not isinstance(row, dict):
+        raise ValueError(
+            f"{where}: a row must be a JSON object with named fields, got {type(row).__name__} {row!r:.80}."
+        )
+    return row
 
 
 def _column(row: dict[str, Any], key: str, where: str) -> str:
@@ -108,8 +135,13 @@ def _item(value: Any, root: Path, where: str, instruction: str | None = None) ->
         if unknown:
             raise ValueError(f"{where}: unknown keys {sorted(unknown)}; a side may have 'text' and 'image'.")
         text, image = value.get("text"), value.get("image")
+        for key, part in (("text", text), ("image", image)):
+            if part is not None and not isinstance(part, str):
+                raise TypeError(f"{where}: {key!r} must be a string, got {type(part).__name__} {part!r:.80}.")
     else:
-        raise TypeError(f"{where}: a side must be a string or a dict with 'text'/'image', got {value!r}.")
+        raise TypeError(
+            f"{where}: a side must be a string or a dict with 'text'/'image', got {type(value).__name__} {value!r:.80}."
+        )
     if not (text or image):
         raise ValueError(f"{where}: a side needs text or an image, got {value!r}.")
     return {"text": text, "image": resolve_under(root, image, where) if image else None, "instruction": instruction}
@@ -131,13 +163,18 @@ def custom_pairs(source: Any, image_root: str | Path | None = None):
 
     Raises:
         ValueError: For missing columns, rows with different negative counts, or images outside the root.
+        TypeError: For a row, side, ``negatives`` or ``instruction`` of the wrong type (naming the row and field).
     """
     if isinstance(source, (str, os.PathLike)):
         root = Path(image_root) if image_root is not None else Path(source).parent
         rows = list(_rows(source))
     else:
         root = Path(image_root) if image_root is not None else Path.cwd()
-        rows = [(f"row {index}", dict(row)) for index, row in enumerate(source)]
+        rows = []
+        for index, row in enumerate(source):
+            if not isinstance(row, Mapping):
+                raise TypeError(f"row {index}: a row must be a dict with named fields, got {type(row).__name__}.")
+            rows.append((f"row {index}", dict(row)))
     records, width = [], None
     for where, row in rows:
         sides = {}
@@ -145,8 +182,19 @@ def custom_pairs(source: Any, image_root: str | Path | None = None):
             value = row.get(name)
             if row.get(f"{name}_image"):  # the csv form
                 value = {"text": value or None, "image": row[f"{name}_image"]}
+            if value is None:
+                raise ValueError(f"{where}: {name!r} is missing; every row needs 'query' and 'positive'.")
             sides[name] = value
-        negatives = list(row.get("negatives") or [])
+        negatives = row.get("negatives") or []
+        if not isinstance(negatives, list):
+            raise TypeError(
+                f"{where}: 'negatives' must be a list of sides, got {type(negatives).__name__} {negatives!r:.80}. "
+                f"Write one negative as a list too: [{negatives!r:.40}]."
+            )
+        negatives = list(negatives)
+        instruction = row.get("instruction") or None
+        if instruction is not None and not isinstance(instruction, str):
+            raise TypeError(f"{where}: 'instruction' must be a string, got {type(instruction).__name__}.")
         index = 1
         while f"negative_{index}" in row and (row[f"negative_{index}"] or row.get(f"negative_{index}_image")):
             text, image = row[f"negative_{index}"] or None, row.get(f"negative_{index}_image") or None
@@ -157,7 +205,7 @@ def custom_pairs(source: Any, image_root: str | Path | None = None):
         elif len(negatives) != width:
             raise ValueError(f"{where}: {len(negatives)} negatives, but earlier rows have {width}; use equal counts.")
         record = {
-            "anchor": _item(sides["query"], root, f"{where} query", row.get("instruction") or None),
+            "anchor": _item(sides["query"], root, f"{where} query", instruction),
             "positive": _item(sides["positive"], root, f"{where} positive"),
         }
         for number, negative in enumerate(negatives, start=1):

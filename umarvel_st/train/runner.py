@@ -3,19 +3,33 @@
 Layout of ``output_dir``::
 
     00-base/model/                 the base model with the U-MARVEL tokens (every stage starts from a saved folder)
+    00-base/settings.json          what the base was built from
+    01-<stage>/settings.json       the stage's effective settings and their fingerprint, written before it trains
     01-<stage>/checkpoints/        trainer checkpoints (with temperature.json): the resume points
     01-<stage>/model/              the stage's merged model, ready for inference, with its temperature.json
     01-<stage>/eval.json           M-BEIR scores after the stage, when the recipe asks for them
     01-<stage>/run_config.json     the resolved stage config and results; written last, it marks the stage done
 
 Rerunning the same command after an interruption (even ``kill -9``) skips finished stages and resumes the current
-one from its last checkpoint.
+one from its last checkpoint. A stage is only skipped or resumed when its effective settings (every field that
+changes the trained model, the seed, and the fingerprint of its input model, so a change propagates to later
+stages) equal the recorded ones; otherwise the run stops before training anything and names the changed keys. Train
+into a new ``output_dir``, or pass ``--restart-from STAGE`` to discard that stage and every later one and train them
+again.
+
+Before anything trains the whole run is checked: the recipe's fields (at load), the stages' data (every pending
+stage's dataset is built), the ``init_from`` folders, the DeepSpeed config and the ``evaluate`` block (its data
+root and task names). ``--dry-run`` runs the same checks, writes nothing and prints what would be done.
+
+Saved folders (the base, stage models, checkpoints) are loaded with this package's installed classes
+(:func:`umarvel_st.load`), never with code found in the folder.
 """
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -23,20 +37,172 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
+
+from ..model import from_mllm, load
 from .recipe import Recipe, StageConfig, load_recipe
 
 logger = logging.getLogger(__name__)
 
 RUN_CONFIG = "run_config.json"
+SETTINGS = "settings.json"
+# Stage fields that change how a run is logged or checkpointed, not the model it trains.
+BOOKKEEPING_FIELDS = ("logging_steps", "save_steps")
 
 
 def _stage_dir(recipe: Recipe, index: int, stage: StageConfig) -> Path:
     return Path(recipe.output_dir) / f"{index + 1:02d}-{stage.name}"
 
 
+def _base_dir(recipe: Recipe) -> Path:
+    return Path(recipe.output_dir) / "00-base"
+
+
+def _fingerprint(settings: dict[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()
+
+
+def _folder_digest(folder: Path) -> str:
+    """SHA-256 over the relative paths and contents of every file under ``folder``."""
+    digest = hashlib.sha256()
+    for path in sorted(item for item in folder.rglob("*") if item.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        with path.open("rb") as handle:
+            digest.update(hashlib.file_digest(handle, "sha256").digest())
+    return digest.hexdigest()
+
+
+def base_settings(recipe: Recipe) -> dict[str, Any]:
+    """What the base model folder is built from: the base model (its files' digest when it is a local folder)."""
+    settings: dict[str, Any] = {"base_model": recipe.base_model}
+    if recipe.base_model.startswith("tiny:"):
+        settings["seed"] = recipe.seed  # the tiny backbone's random weights
+    elif Path(recipe.base_model).is_dir():
+        settings["files"] = _folder_digest(Path(recipe.base_model))
+    return settings
+
+
+def stage_settings(stage: StageConfig, seed: int, input_fingerprint: str) -> dict[str, Any]:
+    """A stage's effective settings: the fields that change its model, the seed, and its input model's fingerprint.
+
+    The input fingerprint is the previous stage's settings fingerprint for ``init_from: previous`` (so a change to a
+    stage also changes every later stage), the base's for ``base``, and a digest of the files of an ``init_from``
+    folder.
+    """
+    fields = {key: value for key, value in dataclasses.asdict(stage).items() if key not in BOOKKEEPING_FIELDS}
+    return {"stage": fields, "seed": seed, "input": input_fingerprint}
+
+
+def _changes(recorded: dict[str, Any], current: dict[str, Any], stage_path: str) -> list[str]:
+    """``key: old -> new`` for every setting that differs; a stage's fields are named by their recipe path."""
+
+    def differ(old: dict[str, Any], new: dict[str, Any], prefix: str) -> list[str]:
+        keys = sorted(set(old) | set(new))
+        pairs = [(key, old.get(key, "<unset>"), new.get(key, "<unset>")) for key in keys]
+        return [f"{prefix}{key}: {before!r} -> {after!r}" for key, before, after in pairs if before != after]
+
+    changes = differ(recorded.get("stage", {}), current.get("stage", {}), stage_path)
+    for change in differ({**recorded, "stage": None}, {**current, "stage": None}, ""):
+        if change.startswith("input:"):
+            change = "input model (an earlier stage's settings, the base model or the init_from folder)"
+        changes.append(change)
+    return changes
+
+
+def _check_record(folder: Path, settings: dict[str, Any], what: str, stage_path: str, fix: str) -> None:
+    """Refuse to reuse ``folder`` when its recorded settings differ from ``settings``."""
+    record = folder / SETTINGS
+    recorded = json.loads(record.read_text(encoding="utf-8"))["settings"] if record.is_file() else {}
+    current = json.loads(json.dumps(settings))  # as JSON stores it (tuples become lists)
+    if recorded == current:
+        return
+    changes = _changes(recorded, current, stage_path) if recorded else [f"{record} is missing"]
+    raise ValueError(
+        f"{what} in {folder} was made with other settings than the recipe now gives, so it cannot be reused "
+        f"(changed: {'; '.join(changes)}). Train into a new output_dir (--set output_dir=...), or {fix}."
+    )
+
+
+def _write_record(folder: Path, settings: dict[str, Any]) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    record = {"fingerprint": _fingerprint(settings), "settings": settings}
+    (folder / SETTINGS).write_text(json.dumps(record, indent=2), encoding="utf-8")
+
+
+@dataclasses.dataclass
+class StagePlan:
+    """What a run does with one stage: ``status`` is ``"done"`` (skip), ``"resume"`` or ``"train"``."""
+
+    index: int
+    stage: StageConfig
+    folder: Path
+    settings: dict[str, Any]
+    status: str
+
+
+def plan(recipe: Recipe, restart_from: str | None = None) -> list[StagePlan]:
+    """Decide, without writing anything, which stages are done, which resume and which train.
+
+    Args:
+        recipe: The recipe.
+        restart_from: A stage name: that stage and every later one are trained from scratch (their folders are
+            discarded when the run starts), and, for the first stage, the base model is rebuilt.
+
+    Raises:
+        ValueError: When a finished or checkpointed stage (or the base model folder) was made with settings other
+            than the recipe's, naming the changed keys; or for an unknown ``restart_from``.
+    """
+    names = [stage.name for stage in recipe.stages]
+    if restart_from is not None and restart_from not in names:
+        raise ValueError(
+            f"--restart-from {restart_from!r} is not a stage of recipe {recipe.name!r}: use one of {names}."
+        )
+    first_restarted = names.index(restart_from) if restart_from is not None else len(names)
+    base = base_settings(recipe)
+    if first_restarted > 0 and (_base_dir(recipe) / "model" / "modules.json").is_file():
+        _check_record(
+            _base_dir(recipe),
+            base,
+            "The base model",
+            "",
+            f"--restart-from {names[0]} to rebuild it and retrain everything",
+        )
+    plans, previous = [], _fingerprint(base)
+    for index, stage in enumerate(recipe.stages):
+        folder = _stage_dir(recipe, index, stage)
+        if stage.init_from == "base":
+            source = _fingerprint(base)
+        elif stage.init_from == "previous":
+            source = previous
+        elif Path(stage.init_from).is_dir():
+            source = _folder_digest(Path(stage.init_from))
+        else:
+            raise ValueError(
+                f"stages.{index}.init_from: {stage.init_from!r} is not a folder; use 'previous', 'base' or the folder "
+                "of a saved model."
+            )
+        settings = stage_settings(stage, recipe.seed, source)
+        previous = _fingerprint(settings)
+        done = (folder / RUN_CONFIG).is_file()
+        checkpointed = any((folder / "checkpoints").glob("checkpoint-*"))
+        if index >= first_restarted or not (done or checkpointed):
+            status = "train"
+        else:
+            _check_record(
+                folder,
+                settings,
+                f"Stage {stage.name!r}",
+                f"stages.{index}.",
+                f"--restart-from {stage.name} to discard it and every later stage and train them again",
+            )
+            status = "done" if done else "resume"
+        plans.append(StagePlan(index, stage, folder, settings, status))
+    return plans
+
+
 def prepare_base(recipe: Recipe) -> Path:
     """Save the base model (U-MARVEL tokens added) once, so every stage and checkpoint starts from a folder."""
-    folder = Path(recipe.output_dir) / "00-base" / "model"
+    folder = _base_dir(recipe) / "model"
     if (folder / "modules.json").is_file():
         return folder
     source = recipe.base_model
@@ -44,9 +210,8 @@ def prepare_base(recipe: Recipe) -> Path:
         from ..testing import build_tiny_backbone
 
         source = str(build_tiny_backbone(source.removeprefix("tiny:"), folder.parent / "backbone", seed=recipe.seed))
-    from ..model import from_mllm
-
     from_mllm(source).save(str(folder))
+    _write_record(folder.parent, base_settings(recipe))
     return folder
 
 
@@ -82,23 +247,72 @@ def last_complete_checkpoint(checkpoints: Path) -> str | None:
     return None
 
 
-def run_stage(recipe: Recipe, index: int, init: Path, temperature_from: Path | None) -> Path:
-    """Train one stage (resuming from its last checkpoint), merge, save, evaluate. Returns the model folder."""
+class _Trainer(SentenceTransformerTrainer):
+    """sentence-transformers' trainer, resuming from checkpoints with this package's installed classes.
+
+    The stock resume rebuilds the model from the checkpoint's ``modules.json`` types. This package saves them flat
+    (``encoder.UMarvelTransformer``, so that folders load without umarvel_st installed), and such a type is imported
+    from the code files in the checkpoint folder, which means running code from disk with ``trust_remote_code``.
+    :func:`umarvel_st.load` maps those types to the installed classes instead; the weights are then copied into the
+    model being trained, as the stock resume does.
+    """
+
+    def _load_from_checkpoint(self, checkpoint_path: str) -> None:
+        model = getattr(self.model, "_orig_mod", self.model)
+        model.load_state_dict(load(checkpoint_path, device="cpu").state_dict())
+
+
+def _stage_model(init: Path, stage: StageConfig) -> SentenceTransformer:
+    """The model a stage starts from, rendering as training does (no generation prompt).
+
+    A saved sentence-transformers folder (the base, a previous stage) is loaded with its saved options and the
+    installed classes; a plain Qwen-VL checkpoint is built with :func:`umarvel_st.from_mllm`.
+    """
+    options = {"summarize_suffix": stage.summarize_suffix, "generation_prompt": False, "max_pixels": stage.max_pixels}
+    if not (init / "modules.json").is_file():
+        return from_mllm(str(init), **options)
+    model = load(init)
+    if model[0].min_pixels > stage.max_pixels:
+        raise ValueError(
+            f"Stage {stage.name!r}: max_pixels={stage.max_pixels} is below the model's min_pixels={model[0].min_pixels}."
+        )
+    for key, value in options.items():
+        setattr(model[0], key, value)
+    return model
+
+
+def run_stage(
+    recipe: Recipe,
+    index: int,
+    init: Path,
+    temperature_from: Path | None,
+    *,
+    dataset: Any,
+    settings: dict[str, Any],
+    evaluator: Any = None,
+) -> Path:
+    """Train one stage (resuming from its last checkpoint), merge, save, evaluate. Returns the model folder.
+
+    Args:
+        recipe: The recipe.
+        index: The stage's index in ``recipe.stages``.
+        init: The folder of the model the stage starts from.
+        temperature_from: A model folder whose ``temperature.json`` the stage starts from (``carry_temperature``).
+        dataset: The stage's training data (:func:`build_dataset`).
+        settings: The stage's effective settings (:func:`stage_settings`), recorded before training starts.
+        evaluator: An :class:`~umarvel_st.evaluation.mbeir_evaluator.MBEIREvaluator` to score the stage's model.
+    """
     import torch
-    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments
     from transformers import set_seed
 
-    from ..model import from_mllm
     from .lora import apply_lora, freeze_vision, merge_lora
     from .losses import CachedInfoNCELoss, InfoNCELoss, Temperature, TemperatureCallback
 
     stage = recipe.stages[index]
     folder = _stage_dir(recipe, index, stage)
+    _write_record(folder, settings)
     set_seed(recipe.seed)  # the fresh LoRA's random init must be the same in a rerun
-    model = from_mllm(
-        str(init), summarize_suffix=stage.summarize_suffix, generation_prompt=False, max_pixels=stage.max_pixels
-    )
-    model.trust_remote_code = True  # its checkpoints carry this package's modeling code; resuming reloads them
+    model = _stage_model(init, stage)
     if stage.adapter == "lora":
         apply_lora(model, r=stage.lora_r, alpha=stage.lora_alpha, dropout=stage.lora_dropout)
     elif not stage.train_vision:
@@ -107,7 +321,6 @@ def run_stage(recipe: Recipe, index: int, init: Path, temperature_from: Path | N
     tau = Temperature(stage.temperature, learnable=stage.learnable_temperature)
     if stage.carry_temperature and temperature_from is not None:
         tau.load(temperature_from)
-    dataset = build_dataset(stage, recipe.seed)
     # M-BEIR draws fresh positives and instructions per epoch by stacking the epochs' draws into the dataset.
     epochs = 1 if stage.data["kind"] == "mbeir" else stage.epochs
     checkpoints = folder / "checkpoints"
@@ -141,9 +354,7 @@ def run_stage(recipe: Recipe, index: int, init: Path, temperature_from: Path | N
     extra = {"mini_batch_size": stage.mini_batch_size} if stage.cached else {}
     symmetric = stage.loss == "symmetric"
     loss = loss_class(model, temperature=tau, symmetric=symmetric, gather_across_devices=args.world_size > 1, **extra)
-    trainer = SentenceTransformerTrainer(
-        model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[TemperatureCallback(tau)]
-    )
+    trainer = _Trainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[TemperatureCallback(tau)])
     last = last_complete_checkpoint(checkpoints)
     if last:
         logger.info("Stage %s: resuming from %s", stage.name, last)
@@ -157,8 +368,8 @@ def run_stage(recipe: Recipe, index: int, init: Path, temperature_from: Path | N
     tau.save(target)
 
     evaluation = None
-    if recipe.evaluate:
-        evaluation = evaluate_model(model, recipe.evaluate)
+    if evaluator is not None:
+        evaluation = evaluator.evaluate(model)
         (folder / "eval.json").write_text(json.dumps(evaluation, indent=2))
     run_config = {
         "recipe": recipe.name,
@@ -166,6 +377,7 @@ def run_stage(recipe: Recipe, index: int, init: Path, temperature_from: Path | N
         "index": index,
         "init_from": str(init),
         "seed": recipe.seed,
+        "fingerprint": _fingerprint(settings),
         "temperature": tau.value.item(),
         "train": result.metrics,
         "evaluation": evaluation,
@@ -174,11 +386,15 @@ def run_stage(recipe: Recipe, index: int, init: Path, temperature_from: Path | N
     return target
 
 
-def evaluate_model(model: Any, options: dict[str, Any]) -> dict[str, Any]:
-    """M-BEIR scores of ``model`` (see :class:`~umarvel_st.evaluation.mbeir_evaluator.MBEIREvaluator`)."""
+def build_evaluator(options: dict[str, Any]) -> Any:
+    """The M-BEIR evaluator of a recipe's ``evaluate`` block; checks its data root and task names.
+
+    Raises:
+        ValueError: For a missing data root, an unknown task or one without a query file for the split.
+    """
     from ..evaluation.mbeir_evaluator import MBEIREvaluator
 
-    evaluator = MBEIREvaluator(
+    return MBEIREvaluator(
         options["data"],
         options.get("tasks"),
         split=options.get("split", "test"),
@@ -186,29 +402,85 @@ def evaluate_model(model: Any, options: dict[str, Any]) -> dict[str, Any]:
         batch_size=options.get("batch_size", 32),
         show_progress_bar=False,
     )
-    return evaluator.evaluate(model)
 
 
-def train(recipe: Recipe) -> Path:
-    """Run every stage of ``recipe`` that has not finished yet; return the last stage's model folder."""
+def check_inputs(recipe: Recipe, plans: list[StagePlan]) -> tuple[dict[int, Any], Any]:
+    """Check, before anything trains, what the pending stages will read; build their data and the evaluator.
+
+    Returns:
+        The training datasets by stage index (pending stages only) and the evaluator (``None`` without an
+        ``evaluate`` block or with nothing to train).
+
+    Raises:
+        ValueError: For a missing DeepSpeed config, bad training data (naming the stage, file and row) or a bad
+            ``evaluate`` block.
+    """
+    if recipe.deepspeed is not None and not Path(recipe.deepspeed).is_file():
+        raise ValueError(f"deepspeed: no file {recipe.deepspeed!r}; point it at a DeepSpeed JSON config.")
+    pending = [item for item in plans if item.status != "done"]
+    datasets = {}
+    for item in pending:
+        try:
+            datasets[item.index] = build_dataset(item.stage, recipe.seed)
+        except (ValueError, TypeError) as error:
+            kind = TypeError if isinstance(error, TypeError) else ValueError
+            raise kind(f"Stage {item.stage.name!r} (stages.{item.index}.data): {error}") from None
+    evaluator = None
+    if recipe.evaluate is not None and pending:
+        try:
+            evaluator = build_evaluator(recipe.evaluate)
+        except ValueError as error:
+            raise ValueError(f"evaluate: {error}") from None
+    return datasets, evaluator
+
+
+def train(recipe: Recipe, restart_from: str | None = None) -> Path:
+    """Run every stage of ``recipe`` that has not finished yet; return the last stage's model folder.
+
+    Args:
+        recipe: The recipe.
+        restart_from: Discard this stage's outputs and every later stage's (and the base model's, for the first
+            stage) and train them again, e.g. after changing their settings.
+
+    Raises:
+        ValueError: Before anything trains, when a finished or checkpointed stage was made with other settings
+            (see :func:`plan`) or an input is bad (see :func:`check_inputs`).
+    """
+    plans = plan(recipe, restart_from)
+    datasets, evaluator = check_inputs(recipe, plans)
+    if restart_from is not None:
+        discard = [item.folder for item in plans if item.status == "train"]
+        if restart_from == recipe.stages[0].name:
+            discard.insert(0, _base_dir(recipe))
+        discard = [folder for folder in discard if folder.exists()]
+        if discard and int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ValueError(
+                f"--restart-from deletes folders, and under torchrun/accelerate every process would do it at once. "
+                f"Delete {[str(folder) for folder in discard]} yourself and rerun without --restart-from."
+            )
+        for folder in discard:
+            logger.warning("--restart-from %s: discarding %s", restart_from, folder)
+            shutil.rmtree(folder)
     Path(recipe.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(recipe.output_dir) / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
     base = prepare_base(recipe)
     previous, temperature_from = base, None
-    for index, stage in enumerate(recipe.stages):
-        folder = _stage_dir(recipe, index, stage)
-        if stage.init_from == "previous":
-            init = previous
-        elif stage.init_from == "base":
-            init = base
+    for item in plans:
+        init = {"previous": previous, "base": base}.get(item.stage.init_from) or Path(item.stage.init_from)
+        if item.status == "done":
+            logger.info("Stage %s is done with the same settings (%s); skipping", item.stage.name, item.folder)
         else:
-            init = Path(stage.init_from)
-        if (folder / RUN_CONFIG).is_file():
-            logger.info("Stage %s is done (%s); skipping", stage.name, folder / RUN_CONFIG)
-        else:
-            logger.info("Stage %d/%d: %s", index + 1, len(recipe.stages), stage.name)
-            run_stage(recipe, index, init, temperature_from)
-        previous = temperature_from = folder / "model"
+            logger.info("Stage %d/%d: %s (%s)", item.index + 1, len(plans), item.stage.name, item.status)
+            run_stage(
+                recipe,
+                item.index,
+                init,
+                temperature_from,
+                dataset=datasets[item.index],
+                settings=item.settings,
+                evaluator=evaluator,
+            )
+        previous = temperature_from = item.folder / "model"
     return previous
 
 
@@ -222,14 +494,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="override a field by dotted path (stages.0.lr=1e-4, output_dir=runs/x, all_stages.max_steps=10)",
     )
-    parser.add_argument("--dry-run", action="store_true", help="validate the recipe and print it; train nothing")
+    parser.add_argument(
+        "--restart-from",
+        metavar="STAGE",
+        help="discard this stage's outputs and every later stage's and train them again (e.g. after changing "
+        "their settings; a changed recipe is otherwise refused)",
+    )
+    parser.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="check the recipe, the data and the run folder, print the plan; train nothing",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     recipe = load_recipe(args.recipe, args.overrides)
     if args.dry_run:
+        plans = plan(recipe, args.restart_from)
+        check_inputs(recipe, plans)
         print(json.dumps(recipe.to_dict(), indent=2))
+        for item in plans:
+            print(f"{item.folder}: {item.status}")
         return 0
-    final = train(recipe)
+    final = train(recipe, args.restart_from)
     print(f"done: {os.fspath(final)}")
     return 0
