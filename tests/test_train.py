@@ -321,3 +321,18 @@ def test_embedded_demo_model_beats_the_untrained_baseline(tmp_path):
     model = umarvel_st.load(Path(umarvel_st.__file__).parent / "assets" / "umarvel-demo")
     results = MBEIREvaluator(tmp_path / "data", show_progress_bar=False).evaluate(model)
     assert results["tasks"]["mscoco_task0"]["score"] >= 0.8 and results["average"] >= 0.5  # untrained: 0.036
+
+
+def test_a_saved_base_model_keeps_its_options(tmp_path: Path) -> None:
+    """A base given as a saved U-MARVEL model is taken as saved (its options and prompts), not rebuilt with defaults."""
+    from umarvel_st.train.runner import prepare_base
+
+    saved = tmp_path / "saved"
+    umarvel_st.from_mllm(
+        str(Path(umarvel_st.__file__).parent / "assets" / "tiny-umarvel-qwen2vl"),
+        min_pixels=8 * 28 * 28,
+        prompts={"mine": "Find it."},
+    ).save(str(saved))
+    recipe = load_recipe("finetune", [f"base_model={saved}", f"output_dir={tmp_path / 'run'}"])
+    base = umarvel_st.load(prepare_base(recipe))
+    assert base[0].min_pixels == 8 * 28 * 28 and base.prompts["mine"] == "Find it."

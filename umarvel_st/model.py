@@ -105,3 +105,24 @@ def load(model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> SentenceT
     return UMarvelSentenceTransformer._load_with_module_classes(
         os.fspath(model_name_or_path), MODULE_CLASSES, **kwargs
     )
+
+
+def open_model(model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> SentenceTransformer:
+    """A saved sentence-transformers model as it was saved, anything else as a new U-MARVEL embedder.
+
+    A folder or Hub repository with ``modules.json`` goes through :func:`load` (every saved option restored, no code
+    run from the folder); a Qwen-VL checkpoint goes through :func:`from_mllm`. This is how every ``umarvel``
+    command opens the model it is given.
+
+    Args:
+        model_name_or_path: A saved model or a Qwen-VL checkpoint (folder or Hub id).
+        **kwargs: Passed to :func:`load` or :func:`from_mllm` (``device``...).
+
+    Returns:
+        The model.
+    """
+    from sentence_transformers.util import is_sentence_transformer_model
+
+    if is_sentence_transformer_model(os.fspath(model_name_or_path)):
+        return load(model_name_or_path, **kwargs)
+    return from_mllm(os.fspath(model_name_or_path), **kwargs)

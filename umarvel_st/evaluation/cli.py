@@ -73,14 +73,10 @@ def load_model(model: str, device: str | None = None) -> Any:
     restores every saved option and runs no code from the folder; anything else (a Qwen-VL checkpoint) is converted
     with :func:`umarvel_st.from_mllm`.
     """
-    from sentence_transformers.util import is_sentence_transformer_model
-
-    from .. import from_mllm, load
+    from ..model import open_model
 
     check_model_name(model)
-    if is_sentence_transformer_model(model):
-        return load(model, device=device)
-    return from_mllm(model, device=device)
+    return open_model(model, device=device)
 
 
 def command_line(args: argparse.Namespace) -> str:

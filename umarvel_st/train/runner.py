@@ -39,7 +39,7 @@ from typing import Any
 
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
-from ..model import from_mllm, load
+from ..model import from_mllm, load, open_model
 from .recipe import Recipe, StageConfig, load_recipe
 
 logger = logging.getLogger(__name__)
@@ -201,7 +201,8 @@ def plan(recipe: Recipe, restart_from: str | None = None) -> list[StagePlan]:
 
 
 def prepare_base(recipe: Recipe) -> Path:
-    """Save the base model (U-MARVEL tokens added) once, so every stage and checkpoint starts from a folder."""
+    """Save the base model once (a saved model as saved, a Qwen-VL checkpoint with the U-MARVEL tokens added), so
+    every stage and checkpoint starts from a folder."""
     folder = _base_dir(recipe) / "model"
     if (folder / "modules.json").is_file():
         return folder
@@ -210,7 +211,7 @@ def prepare_base(recipe: Recipe) -> Path:
         from ..testing import build_tiny_backbone
 
         source = str(build_tiny_backbone(source.removeprefix("tiny:"), folder.parent / "backbone", seed=recipe.seed))
-    from_mllm(source).save(str(folder))
+    open_model(source).save(str(folder))  # a saved model keeps its options; a Qwen-VL checkpoint gets the tokens
     _write_record(folder.parent, base_settings(recipe))
     return folder
 
