@@ -72,7 +72,7 @@ class UMarvelTransformer(Transformer):
         summarize_suffix: Append "Summarize above ... in one word: " to the user text (on at inference and in
             recipe stages 1-3, off in stages 4-5).
         generation_prompt: End the chat with the assistant generation prompt (on for inference, as the reference
-            evaluation; off for training, as the reference training).
+            evaluation; train mode leaves it out unless ``train_generation_prompt``, as the reference training).
         min_pixels: Lower pixel budget of the factor-28 image pre-resize.
         max_pixels: Upper pixel budget of the factor-28 image pre-resize (300*28*28 by default; 224*224 in stage 5).
         position_mode: ``"sequential"`` 1-D positions as the official weights were trained, or ``"mrope"`` for
@@ -148,7 +148,7 @@ class UMarvelTransformer(Transformer):
         self.position_mode = position_mode
         self.image_backend = image_backend or self.backbone.image_backend
         self.train_generation_prompt = train_generation_prompt
-        self._templates: dict[tuple[str, bool], tuple[str, list[int], str, list[int]]] = {}
+        self._templates: dict[tuple[str, bool], tuple[str, str, str, list[int]]] = {}
         self._warned_query_without_instruction = False
 
         processor_kwargs = {
@@ -283,7 +283,10 @@ class UMarvelTransformer(Transformer):
     def _process(self, items: list[Item]) -> tuple[list[tuple[str, str, str, list[int]]], dict[str, Any]]:
         """Render every item's template and run the processor on it (images and videos included)."""
         templates = [
-            self._template("image" if item.image else "video" if item.video else "text", self.generation_prompt)
+            self._template(
+                "image" if item.image is not None else "video" if item.video is not None else "text",
+                self.generation_prompt,
+            )
             for item in items
         ]
         images = [prepare_image(item.image, self.min_pixels, self.max_pixels) for item in items if item.image]
@@ -341,7 +344,7 @@ class UMarvelTransformer(Transformer):
                 "encode_query got no instruction (prompt and prompt_name unset, no item 'instruction'), so the "
                 "queries are embedded exactly as encode_document would. Pass prompt=... or prompt_name=..."
             )
-        max_length = kwargs.get("max_length") or self.max_seq_length
+        max_length = kwargs.get("max_length") or self.max_seq_length or MAX_SEQ_LENGTH
         templates, processed = self._process(items)
         rows = []
         for item, (_, lead, _, tail_ids), ids, mask in zip(
