@@ -9,6 +9,7 @@ import base64
 import http.server
 import io
 import ipaddress
+import json
 import re
 import struct
 import threading
@@ -251,7 +252,12 @@ def test_image_options_are_saved_validated_and_reloaded(tmp_path):
     model = umarvel_st.from_mllm(CHECKPOINT, allow_urls=True, max_image_pixels=12345)
     model.save(str(tmp_path / "saved"))
     reloaded = umarvel_st.load(tmp_path / "saved")
-    assert (reloaded[0].allow_urls, reloaded[0].max_image_pixels) == (True, 12345)
+    # the pixel limit travels; network access never does (a downloaded folder must not be able to turn it on)
+    assert (reloaded[0].allow_urls, reloaded[0].max_image_pixels) == (False, 12345)
+    config = json.loads((tmp_path / "saved" / "sentence_bert_config.json").read_text())
+    config["allow_urls"] = True
+    (tmp_path / "saved" / "sentence_bert_config.json").write_text(json.dumps(config))
+    assert umarvel_st.load(tmp_path / "saved")[0].allow_urls is False
     with pytest.raises(TypeError, match="allow_urls must be True or False, got 'yes'"):
         umarvel_st.from_mllm(CHECKPOINT, allow_urls="yes")
     with pytest.raises(ValueError, match="max_image_pixels must be positive"):

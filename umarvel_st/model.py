@@ -59,12 +59,16 @@ def from_mllm(
         pool_instruction: Average the instruction tokens too (off in the reference).
         prompts: Named instructions; defaults to the 16 M-BEIR task instructions.
         **options: :class:`~umarvel_st.modeling.UMarvelTransformer` options (``summarize_suffix``,
-            ``generation_prompt``, ``max_pixels``, ``position_mode``, ``image_backend``, ``model_kwargs``,
-            ``max_seq_length``...).
+            ``generation_prompt``, ``train_generation_prompt``, ``max_pixels``, ``position_mode``, ``image_backend``,
+            ``max_seq_length`` (1024 by default), ``model_kwargs`` (``dtype`` or ``torch_dtype``)...).
 
     Returns:
-        A :class:`~sentence_transformers.SentenceTransformer` (whose ``save`` also writes the modeling code). Use ``encode_query(items, prompt=instruction)``
-        for queries and ``encode_document(items)`` for candidates.
+        A :class:`~sentence_transformers.SentenceTransformer` (whose ``save`` also writes the modeling code). Use
+        ``encode_query(items, prompt=instruction)`` or ``prompt_name=`` for queries and ``encode_document(items)``
+        for candidates. An item is a query exactly when it carries an instruction: ``model.prompts["query"]`` is
+        ``""``, so ``encode_query`` without a prompt embeds exactly as ``encode_document`` (logged once).
+        The model trains with the sentence-transformers trainer as it is: in train mode the generation prompt is
+        left out, as in the reference's training.
 
     Example:
         >>> model = from_mllm("TencentBAC/U-MARVEL-Qwen2VL-7B-Instruct")  # doctest: +SKIP

@@ -6,6 +6,15 @@ Why this module overrides ``preprocess`` and ``forward`` instead of using the st
   instruction inside the user turn between ``<instruction_start>`` and ``<instruction_end>``, formats the text,
   appends a "Summarize above ..." suffix and an ``<emb>.`` assistant turn, and pre-resizes images to
   multiples of 28. So the module renders the chat itself.
+* **User text stays text.** The chat template is tokenized without the user's text, which is tokenized on its
+  own by the plain BPE pipeline (no added-token matching) and spliced in: ``<|im_end|>``, ``<|image_pad|>``,
+  ``<instruction_start>`` ... typed by a user are ordinary characters, never control tokens. Text that does not
+  fit ``max_seq_length`` is cut token-exactly (images and the template are never cut).
+* **Training layout.** The reference trains without the trailing generation prompt and evaluates with it. The
+  sentence-transformers trainer collates a batch *before* it puts the model in train mode, so the choice is
+  made in ``forward``: in train mode the generation-prompt tokens are masked out (neither attended nor pooled),
+  which under bidirectional attention is the same as not rendering them.
+* **Right padding**, so ``encode(output_value="token_embeddings")`` returns exactly each item's own tokens.
 * **Attention.** The official weights were trained with *bidirectional* attention over non-pad tokens, while the
   Qwen-VL decoders are causal. transformers skips materialising a padding-free mask (and then falls back to
   causal), so the module builds an explicit 4-D bidirectional mask for every batch and also marks each decoder
@@ -32,10 +41,13 @@ from .inputs import (
     EMB_TOKEN,
     INSTRUCTION_END,
     INSTRUCTION_START,
+    MAX_IMAGE_PIXELS,
     MAX_PIXELS,
     MIN_PIXELS,
     UMARVEL_TOKENS,
     Item,
+    check_image_options,
+    format_text,
     normalize_item,
     prepare_image,
     user_text,
@@ -46,6 +58,9 @@ logger = logging.getLogger(__name__)
 
 PositionMode = Literal["sequential", "mrope"]
 ImageBackend = Literal["pil", "torchvision"]
+
+MAX_SEQ_LENGTH = 1024  # the reference's M-BEIR evaluation cuts candidate sequences at 1024 tokens
+_USER_TEXT = "\ue000"  # private-use character marking where the user text goes in the rendered template
 
 
 class UMarvelTransformer(Transformer):
@@ -59,16 +74,31 @@ class UMarvelTransformer(Transformer):
         summarize_suffix: Append "Summarize above ... in one word: " to the user text (on at inference and in
             recipe stages 1-3, off in stages 4-5).
         generation_prompt: End the chat with the assistant generation prompt (on for inference, as the reference
-            evaluation; off for training, as the reference training).
+            evaluation; train mode leaves it out unless ``train_generation_prompt``, as the reference training).
         min_pixels: Lower pixel budget of the factor-28 image pre-resize.
         max_pixels: Upper pixel budget of the factor-28 image pre-resize (300*28*28 by default; 224*224 in stage 5).
         position_mode: ``"sequential"`` 1-D positions as the official weights were trained, or ``"mrope"`` for
             Qwen-VL's native multimodal rotary positions.
         image_backend: Image-processor backend; ``None`` picks the reference's (PIL for Qwen2-VL, torchvision for
             Qwen3-VL).
+        allow_urls: Fetch ``http(s)://`` image URLs (bounded in size and time, public hosts only); refused if False.
+            Deliberately not saved: a downloaded folder cannot turn network access on; set it on the loaded model
+            (``model[0].allow_urls = True``).
+        max_image_pixels: Refuse images whose header declares more pixels (checked before decoding); ``None``
+            turns this check off (PIL's own ``Image.MAX_IMAGE_PIXELS`` still applies).
+        train_generation_prompt: Keep the generation prompt while the module is in train mode. ``False`` (the
+            reference's training layout): in train mode the generation-prompt tokens are masked out in ``forward``,
+            whatever mode the batch was collated in; ``generation_prompt`` then only affects inference.
+        max_seq_length: Most tokens per item (``None``: 1024, the cut of the reference's M-BEIR evaluation). Only
+            text is cut, token-exactly, after the last token that fits; image tokens and the template are never cut
+            (an item whose image and template alone exceed it is an error). Raise it for long documents.
         **kwargs: Passed to :class:`sentence_transformers.base.modules.Transformer` (``model_kwargs``,
-            ``processor_kwargs``, ``max_seq_length``...). ``model_kwargs["dtype"]`` defaults to float32 on CPU and
-            bfloat16 when CUDA is available; ``attn_implementation`` to ``"sdpa"``.
+            ``processor_kwargs``...). ``model_kwargs["dtype"]`` (or its older spelling ``"torch_dtype"``; giving
+            both with different values is an error) defaults to float32 on CPU and bfloat16 when CUDA is available;
+            ``attn_implementation`` to ``"sdpa"``.
+
+    Batches are padded on the right. ``encode(output_value="token_embeddings")`` returns each item's own tokens
+    (system turn, user turn, ``<emb>``, generation prompt), the same whatever its batch neighbours.
     """
 
     config_keys: list[str] = Transformer.config_keys + [
@@ -78,6 +108,9 @@ class UMarvelTransformer(Transformer):
         "max_pixels",
         "position_mode",
         "image_backend",
+        "max_image_pixels",
+        "train_generation_prompt",
+        "max_seq_length",
     ]
 
     def __init__(
@@ -90,6 +123,10 @@ class UMarvelTransformer(Transformer):
         max_pixels: int = MAX_PIXELS,
         position_mode: PositionMode = "sequential",
         image_backend: ImageBackend | None = None,
+        allow_urls: bool = False,
+        max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+        train_generation_prompt: bool = False,
+        max_seq_length: int | None = None,
         **kwargs: Any,
     ) -> None:
         if position_mode not in ("sequential", "mrope"):
@@ -100,13 +137,19 @@ class UMarvelTransformer(Transformer):
             raise ValueError(
                 f"Need 0 < min_pixels <= max_pixels, got min_pixels={min_pixels}, max_pixels={max_pixels}."
             )
-        model_kwargs = dict(kwargs.pop("model_kwargs", None) or {})
-        model_kwargs.setdefault("dtype", torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+        check_image_options(allow_urls, max_image_pixels)
+        if max_seq_length is not None and (isinstance(max_seq_length, bool) or not isinstance(max_seq_length, int)):
+            raise TypeError(f"max_seq_length must be a positive int or None, got {max_seq_length!r}.")
+        if max_seq_length is not None and max_seq_length <= 0:
+            raise ValueError(f"max_seq_length must be a positive int or None, got {max_seq_length}.")
+        model_kwargs = _with_dtype(dict(kwargs.pop("model_kwargs", None) or {}))
         model_kwargs.setdefault("attn_implementation", "sdpa")
         if model_kwargs["dtype"] in (torch.float16, "float16"):
             logger.warning("float16 overflows in Qwen2-VL activations; use bfloat16 or float32.")
         kwargs.setdefault("unpad_inputs", False)
-        super().__init__(model_name_or_path, model_kwargs=model_kwargs, **kwargs)
+        super().__init__(
+            model_name_or_path, model_kwargs=model_kwargs, max_seq_length=max_seq_length or MAX_SEQ_LENGTH, **kwargs
+        )
 
         self.backbone = get_backbone(self.config.model_type)
         self.summarize_suffix = summarize_suffix
@@ -115,6 +158,11 @@ class UMarvelTransformer(Transformer):
         self.max_pixels = max_pixels
         self.position_mode = position_mode
         self.image_backend = image_backend or self.backbone.image_backend
+        self.allow_urls = allow_urls
+        self.max_image_pixels = max_image_pixels
+        self.train_generation_prompt = train_generation_prompt
+        self._templates: dict[tuple[str, bool], tuple[str, str, str, list[int]]] = {}
+        self._warned_query_without_instruction = False
 
         processor_kwargs = {
             key: value
@@ -124,13 +172,22 @@ class UMarvelTransformer(Transformer):
         self.processor.image_processor = AutoImageProcessor.from_pretrained(
             model_name_or_path, backend=self.image_backend, **processor_kwargs
         )
-        self.tokenizer.padding_side = "left"
         self._add_umarvel_tokens()
+        # Added tokens (special or not) that a user's text must never produce; see `_text_ids`.
+        self._added_token_texts = sorted(self.tokenizer.get_added_vocab(), key=len, reverse=True)
         for module in self.model.language_model.modules():
             if hasattr(module, "is_causal"):
                 module.is_causal = False
         ids = self.tokenizer.convert_tokens_to_ids([INSTRUCTION_START, INSTRUCTION_END])
         self.instruction_start_id, self.instruction_end_id = ids
+
+    @classmethod
+    def _load_init_kwargs(cls, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        """sentence-transformers' saved-config reader, minus ``allow_urls``: network access is never read from a
+        folder (a downloaded model could otherwise switch it on), only set in code."""
+        init_kwargs = super()._load_init_kwargs(*args, **kwargs)
+        init_kwargs.pop("allow_urls", None)
+        return init_kwargs
 
     def _add_umarvel_tokens(self) -> None:
         """Add ``<emb>``, ``<instruction_start>``, ``<instruction_end>`` as ordinary tokens, keeping stored rows.
@@ -167,53 +224,106 @@ class UMarvelTransformer(Transformer):
         return self.processor.tokenizer
 
     # ------------------------------------------------------------------ preprocessing
-    def _messages(self, item: Item) -> list[dict[str, Any]]:
-        content: list[dict[str, Any]] = []
-        if item.image is not None:
-            content.append({"type": "image"})
-        elif item.video is not None:
-            content.append({"type": "video"})
-        content.append({"type": "text", "text": user_text(item, self.summarize_suffix)})
-        return [
-            {"role": "user", "content": content},
-            {"role": "assistant", "content": [{"type": "text", "text": f"{EMB_TOKEN}."}]},
-        ]
+    def _template(self, kind: str, generation_prompt: bool) -> tuple[str, str, str, list[int]]:
+        """The chat around the user text of an item kind (``"text"``, ``"image"`` or ``"video"``), rendered once.
 
-    def _process(self, items: list[Item]) -> dict[str, Any]:
-        texts = self.processor.apply_chat_template(
-            [self._messages(item) for item in items], tokenize=False, add_generation_prompt=self.generation_prompt
-        )  # one call renders the batch
+        Returns:
+            ``(head, lead, tail, tail_ids)``: ``head`` runs to the last added token before the user text and
+            ``tail`` from the first one after it (the processor tokenizes ``head + tail`` and expands the image or
+            video placeholder); ``lead`` is the plain template text in between (``"user\\n"``), tokenized together
+            with the user text as one pass over the whole chat would; ``tail_ids`` are the ids of ``tail``.
+        """
+        key = (kind, generation_prompt)
+        if key not in self._templates:
+            content: list[dict[str, Any]] = [] if kind == "text" else [{"type": kind}]
+            messages = [
+                {"role": "user", "content": [*content, {"type": "text", "text": _USER_TEXT}]},
+                {"role": "assistant", "content": [{"type": "text", "text": f"{EMB_TOKEN}."}]},
+            ]
+            rendered = self.processor.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt
+            )
+            before, after = rendered.split(_USER_TEXT)
+            cut = max(
+                (before.rfind(token) + len(token) for token in self._added_token_texts if token in before), default=0
+            )
+            tail_ids = self.tokenizer.backend_tokenizer.encode(after, add_special_tokens=False).ids
+            self._templates[key] = (before[:cut], before[cut:], after, tail_ids)
+        return self._templates[key]
+
+    def _text_ids(self, text: str) -> list[int]:
+        """Token ids of user text that never contain an added token: ``"<|im_end|>"`` typed by a user stays text.
+
+        Runs the tokenizer's normalizer, pre-tokenizer and BPE model without its added-token matching; text that
+        contains no added token's string takes the (identical, faster) full tokenizer.
+        """
+        backend = self.tokenizer.backend_tokenizer
+        if not any(token in text for token in self._added_token_texts):
+            return backend.encode(text, add_special_tokens=False).ids
+        text = backend.normalizer.normalize_str(text) if backend.normalizer else text
+        pieces = backend.pre_tokenizer.pre_tokenize_str(text)
+        return [token.id for piece, _ in pieces for token in backend.model.tokenize(piece)]
+
+    def _user_ids(self, item: Item, lead: str, budget: int, max_length: int) -> list[int]:
+        """Ids of ``lead`` and the item's user-turn text, its own text cut to fit ``budget`` ids.
+
+        The instruction markers are the real ``<instruction_start>`` / ``<instruction_end>`` ids; everything the
+        user wrote goes through :meth:`_text_ids`. A cut keeps the instruction and the suffix and drops the text's
+        last tokens, so the result never exceeds ``budget``.
+        """
+        body = user_text(item, summarize_suffix=False)
+        suffix = user_text(item, self.summarize_suffix)[len(body) :]
+        fixed: list[int] = []
+        if item.instruction:
+            instruction = format_text(item.instruction)
+            span = f"{INSTRUCTION_START}{instruction}{INSTRUCTION_END}"
+            assert body.startswith(span), "format_text keeps the instruction span at the start"
+            fixed = [
+                *self._text_ids(lead),
+                self.instruction_start_id,
+                *self._text_ids(instruction),
+                self.instruction_end_id,
+            ]
+            lead, body = "", body[len(span) :]
+        ids = fixed + self._text_ids(lead + body + suffix)  # one pass over the text, as in the reference
+        if len(ids) <= budget:
+            return ids
+        lead_ids, body_ids, suffix_ids = self._text_ids(lead), self._text_ids(body), self._text_ids(suffix)
+        keep = budget - len(fixed) - len(lead_ids) - len(suffix_ids)
+        if keep <= 0:
+            parts = "the image and prompt template" if item.has_visual else "the prompt template"
+            parts += " and instruction" if item.instruction else ""
+            fixes = "Lower max_pixels or raise max_seq_length" if item.has_visual else "Raise max_seq_length"
+            fixes += " or shorten the instruction" if item.instruction else ""
+            raise ValueError(
+                f"Item {_describe(item)}: {parts} alone take {max_length - keep} tokens, leaving no room for its text "
+                f"within max_seq_length={max_length}. {fixes}."
+            )
+        return fixed + lead_ids + body_ids[:keep] + suffix_ids
+
+    def _process(self, items: list[Item]) -> tuple[list[tuple[str, str, str, list[int]]], dict[str, Any]]:
+        """Render every item's template and run the processor on it (images and videos included)."""
+        templates = [
+            self._template(
+                "image" if item.image is not None else "video" if item.video is not None else "text",
+                self.generation_prompt,
+            )
+            for item in items
+        ]
         images = [prepare_image(item.image, self.min_pixels, self.max_pixels) for item in items if item.image]
         videos = [
             [prepare_image(frame, self.min_pixels, self.max_pixels) for frame in item.video]
             for item in items
             if item.video is not None
         ]
-        return self.processor(
-            text=texts, images=images or None, videos=videos or None, padding=True, return_tensors="pt"
+        processed = self.processor(
+            text=[head + tail for head, _, tail, _ in templates],
+            images=images or None,
+            videos=videos or None,
+            padding=True,
+            return_tensors="pt",
         )
-
-    def _truncate(self, items: list[Item], features: dict[str, Any], max_length: int) -> bool:
-        """Cut the text of items longer than ``max_length`` tokens (image tokens are never cut).
-
-        Returns:
-            Whether any item was changed.
-        """
-        changed = False
-        for index, (item, length) in enumerate(zip(items, features["attention_mask"].sum(-1).tolist(), strict=True)):
-            excess = length - max_length
-            if excess <= 0:
-                continue
-            text_ids = self.tokenizer(item.text, add_special_tokens=False)["input_ids"]
-            keep = len(text_ids) - excess - 1  # one spare token for the period `format` may append
-            if keep <= 0:
-                raise ValueError(
-                    f"Batch item {index}: the image and prompt template alone take {length - len(text_ids)} tokens, "
-                    f"more than max_seq_length={max_length}. Lower max_pixels or raise max_seq_length."
-                )
-            item.text = self.tokenizer.decode(text_ids[:keep])
-            changed = True
-        return changed
+        return templates, processed
 
     def preprocess(
         self, inputs: list[Any], prompt: str | None = None, task: str | None = None, **kwargs: Any
@@ -225,24 +335,60 @@ class UMarvelTransformer(Transformer):
                 ``image``, ``video`` and ``instruction``.
             prompt: An instruction for every item (from ``encode_query(prompt=...)`` or ``prompt_name``). It goes
                 into the U-MARVEL instruction span, not a system turn. An item's own ``instruction`` wins.
-            task: ``"query"`` / ``"document"`` from ``encode_query`` / ``encode_document`` (not needed: an item
-                is a query exactly when it carries an instruction).
+            task: ``"query"`` / ``"document"`` from ``encode_query`` / ``encode_document``. An item is a query
+                exactly when it carries an instruction, so ``encode_query`` without any instruction embeds
+                documents (the model's ``prompts["query"]`` is ``""``); that is logged once.
             **kwargs: ``max_length`` overrides ``max_seq_length``; other keys are ignored.
 
         Returns:
-            ``input_ids``, ``attention_mask``, ``pooling_mask`` (1 = averaged), and the image/video tensors.
+            ``input_ids``, ``attention_mask`` (right-padded), ``pooling_mask`` (1 = averaged), and the image/video
+            tensors.
+
+        Raises:
+            ValueError: If ``prompt`` is not a string, for text that is not valid Unicode, or for an item whose
+                image and template do not fit ``max_seq_length``; the message quotes the item.
         """
-        items = [normalize_item(value, index) for index, value in enumerate(inputs)]
-        if prompt:
-            for item in items:
-                if item.instruction is None:
-                    item.instruction = prompt
-        features = self._process(items)
-        max_length = kwargs.get("max_length") or self.max_seq_length
-        if max_length and self._truncate(items, features, max_length):
-            features = self._process(items)
-        features = dict(features)
-        features["pooling_mask"] = self._pooling_mask(features["input_ids"], features["attention_mask"])
+        if prompt is not None and not isinstance(prompt, str):
+            # A ValueError: sentence-transformers retries a preprocess that raises TypeError without the prompt.
+            raise ValueError(
+                f"prompt must be a string (the instruction) or None, got {prompt!r} of type {type(prompt).__name__}. "
+                "Pass the instruction text, or prompt_name= one of model.prompts."
+            )
+        items = [
+            normalize_item(value, index, allow_urls=self.allow_urls, max_image_pixels=self.max_image_pixels)
+            for index, value in enumerate(inputs)
+        ]
+        for item in items:
+            if prompt and item.instruction is None:
+                item.instruction = prompt
+            _check_unicode(item)
+        if task == "query" and not self._warned_query_without_instruction and not any(i.instruction for i in items):
+            self._warned_query_without_instruction = True
+            logger.warning(
+                "encode_query got no instruction (prompt and prompt_name unset, no item 'instruction'), so the "
+                "queries are embedded exactly as encode_document would. Pass prompt=... or prompt_name=..."
+            )
+        max_length = kwargs.get("max_length") or self.max_seq_length or MAX_SEQ_LENGTH
+        templates, processed = self._process(items)
+        rows = []
+        for item, (_, lead, _, tail_ids), ids, mask in zip(
+            items, templates, processed["input_ids"], processed["attention_mask"], strict=True
+        ):
+            ids = ids[mask.bool()].tolist()
+            split = len(ids) - len(tail_ids)
+            assert ids[split:] == tail_ids, "the template tail starts with an added token"
+            rows.append(ids[:split] + self._user_ids(item, lead, max_length - len(ids), max_length) + ids[split:])
+        input_ids = torch.full((len(rows), max(map(len, rows))), self.tokenizer.pad_token_id)  # (batch, seq)
+        attention_mask = torch.zeros_like(input_ids)  # (batch, seq)
+        for index, row in enumerate(rows):
+            input_ids[index, : len(row)] = torch.tensor(row)
+            attention_mask[index, : len(row)] = 1
+        # Per-token processor outputs are rebuilt for the spliced ids (`mm_token_type_ids` in `_position_ids`).
+        per_token = ("input_ids", "attention_mask", "mm_token_type_ids")
+        features = {key: value for key, value in processed.items() if key not in per_token}
+        features["input_ids"] = input_ids
+        features["attention_mask"] = attention_mask
+        features["pooling_mask"] = self._pooling_mask(input_ids, attention_mask)
         return features
 
     def _pooling_mask(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -253,18 +399,24 @@ class UMarvelTransformer(Transformer):
         return attention_mask.bool() & ~in_span
 
     # ------------------------------------------------------------------ forward
-    def _position_ids(self, features: dict[str, Any], inputs_embeds: torch.Tensor) -> torch.Tensor:
+    def _position_ids(self, features: dict[str, Any], inputs_embeds: torch.Tensor | None = None) -> torch.Tensor:
+        """Position ids, ``(3, batch, seq)``; they depend on the ids and mask only (``inputs_embeds`` is unused)."""
         attention_mask = features["attention_mask"]
         batch, length = attention_mask.shape
         if self.position_mode == "mrope":
-            return self.model.compute_3d_position_ids(
-                input_ids=features["input_ids"],
-                inputs_embeds=inputs_embeds,
+            input_ids = features["input_ids"]
+            modality = (input_ids == self.config.image_token_id).int() + 2 * (
+                input_ids == self.config.video_token_id
+            ).int()
+            positions, _ = self.model.get_rope_index(
+                input_ids,
+                mm_token_type_ids=modality,  # (batch, seq): 0 text, 1 image, 2 video
                 image_grid_thw=features.get("image_grid_thw"),
                 video_grid_thw=features.get("video_grid_thw"),
                 attention_mask=attention_mask,
-                mm_token_type_ids=features.get("mm_token_type_ids"),
+                second_per_grid_ts=features.get("second_per_grid_ts"),  # Qwen2.5-VL videos; ignored by the others
             )
+            return positions  # (3, batch, seq)
         if self.backbone.sequential_positions == "arange":
             positions = torch.arange(length, device=attention_mask.device).expand(batch, length)  # (batch, seq)
         else:
@@ -288,13 +440,37 @@ class UMarvelTransformer(Transformer):
             inputs_embeds = inputs_embeds.masked_scatter(mask, visual)
         return inputs_embeds
 
+    def _generation_prompt_ids(self) -> list[int]:
+        with_prompt = self._template("text", True)[3]
+        without = self._template("text", False)[3]
+        assert with_prompt[: len(without)] == without, "the generation prompt is appended after the chat"
+        return with_prompt[len(without) :]
+
+    def _hide_generation_prompt(self, features: dict[str, Any]) -> None:
+        """Mask a trailing generation prompt out of attention and pooling (the reference's training layout)."""
+        prompt = torch.tensor(self._generation_prompt_ids(), device=features["input_ids"].device)  # (k,)
+        mask = features["attention_mask"]  # (batch, seq), right-padded
+        lengths = mask.sum(-1, keepdim=True)  # (batch, 1)
+        columns = (lengths - len(prompt) + torch.arange(len(prompt), device=mask.device)).clamp(min=0)  # (batch, k)
+        ends_with_prompt = (features["input_ids"].gather(1, columns) == prompt).all(-1, keepdim=True)  # (batch, 1)
+        ends_with_prompt &= lengths >= len(prompt)
+        hide = torch.zeros_like(mask, dtype=torch.bool).scatter(1, columns, ends_with_prompt.expand_as(columns))
+        features["attention_mask"] = mask.masked_fill(hide, 0)
+        features["pooling_mask"] = features["pooling_mask"] & ~hide
+
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Final hidden states (post-norm) under bidirectional attention, as ``token_embeddings``."""
+        """Final hidden states (post-norm) under bidirectional attention, as ``token_embeddings``.
+
+        In train mode (unless ``train_generation_prompt``) a trailing generation prompt is masked out of
+        ``attention_mask`` and ``pooling_mask`` first; see the module docstring.
+        """
+        if self.training and not self.train_generation_prompt:
+            self._hide_generation_prompt(features)
         input_ids = features["input_ids"]
         attention_mask = features["attention_mask"]
         inputs_embeds = self.model.get_input_embeddings()(input_ids)  # (batch, seq, hidden)
         inputs_embeds = self._merge_visual(features, inputs_embeds)
-        position_ids = self._position_ids(features, inputs_embeds)  # (3, batch, seq)
+        position_ids = self._position_ids(features)  # (3, batch, seq)
         text_config = self.model.language_model.config
         mask = create_bidirectional_mask(
             config=text_config,
@@ -307,3 +483,46 @@ class UMarvelTransformer(Transformer):
         )
         features["token_embeddings"] = output.last_hidden_state  # (batch, seq, hidden)
         return features
+
+
+def _dtype_name(dtype: Any) -> str:
+    return str(dtype).removeprefix("torch.")
+
+
+def _with_dtype(model_kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Accept ``dtype`` and its older spelling ``torch_dtype`` (refusing two different values), with the default."""
+    if "torch_dtype" in model_kwargs:
+        torch_dtype = model_kwargs.pop("torch_dtype")
+        dtype = model_kwargs.setdefault("dtype", torch_dtype)
+        if _dtype_name(dtype) != _dtype_name(torch_dtype):
+            raise ValueError(
+                f"model_kwargs has dtype={dtype!r} and torch_dtype={torch_dtype!r}: two spellings of one option with "
+                "different values. Give only one of them (dtype is the current name)."
+            )
+    model_kwargs.setdefault("dtype", torch.bfloat16 if torch.cuda.is_available() else torch.float32)
+    return model_kwargs
+
+
+def _describe(item: Item) -> str:
+    """A short description of an item for error messages (``encode`` reorders items, so no index)."""
+    text = item.text if len(item.text) <= 40 else item.text[:37] + "..."
+    parts = [repr(text)] if item.text else []
+    if item.image is not None:
+        parts.append(f"with a {item.image.width}x{item.image.height} image")
+    if item.video is not None:
+        parts.append(f"with {len(item.video)} video frames")
+    return " ".join(parts)
+
+
+def _check_unicode(item: Item) -> None:
+    """Refuse text that cannot be encoded as UTF-8 (lone surrogates, e.g. from a bad ``surrogateescape`` decode)."""
+    for field in ("text", "instruction"):
+        value = getattr(item, field) or ""
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            raise ValueError(
+                f"Item {_describe(item)}: its {field} has the lone surrogate {value[error.start]!r} at character "
+                f"{error.start}, which is not valid Unicode text. Remove it, or decode the source with "
+                "errors='replace'."
+            ) from None
