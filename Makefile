@@ -1,4 +1,4 @@
-.PHONY: check test bench
+.PHONY: check test bench assets
 
 check:
 	ruff check umarvel_st tests benchmarks
@@ -9,3 +9,7 @@ test:
 
 bench:
 	python benchmarks/encode_speed.py
+
+# The embedded default ships copies of the modeling code (it must load without umarvel_st); refresh them after a change.
+assets:
+	python -c "import umarvel_st.modeling.remote_code as r, umarvel_st.modeling.encoder as e, umarvel_st.modeling.pooling as p; [r.copy_source(m.__file__, 'umarvel_st/assets/umarvel-demo') for m in (e, p)]"

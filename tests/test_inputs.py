@@ -97,7 +97,7 @@ def test_video_frames_embed_differently_from_a_single_frame(model):
 @pytest.mark.parametrize(
     ("value", "error", "match"),
     [
-        (None, TypeError, "Batch item 0: unsupported input None"),
+        (None, TypeError, "Item .*: unsupported input None"),
         (42, TypeError, "unsupported input 42"),
         ({"text": None}, ValueError, "nothing to embed"),
         ("", ValueError, "nothing to embed"),
@@ -112,20 +112,20 @@ def test_video_frames_embed_differently_from_a_single_frame(model):
 )
 def test_bad_items_raise_clear_errors(value, error, match):
     with pytest.raises(error, match=match):
-        normalize_item(value, 0)
+        normalize_item(value)
 
 
 def test_undecodable_file_names_the_path(tmp_path):
     path = tmp_path / "broken.png"
     path.write_bytes(b"\x89PNG garbage")
     with pytest.raises(ValueError, match="broken.png"):
-        normalize_item({"image": str(path)}, 3)
+        normalize_item({"image": str(path)})
 
 
 def test_image_bytes_are_decoded():
     buffer = io.BytesIO()
     random_image(56, 56).save(buffer, format="PNG")
-    assert normalize_item({"image": buffer.getvalue()}, 0).image.size == (56, 56)
+    assert normalize_item({"image": buffer.getvalue()}).image.size == (56, 56)
 
 
 def test_missing_image_path_is_an_error_through_encode(model):

@@ -74,14 +74,14 @@ def test_image_path_string_embeds_as_the_image(model, tmp_path):
 
 @pytest.mark.parametrize("path", ["photos/missing.JPG", "missing.png", "/data/My Photos/missing.webp"])
 def test_missing_image_path_string_is_an_error_not_text(path):
-    with pytest.raises(ValueError, match=f"Batch item 4: .*{re.escape(repr(path))} does not exist"):
-        normalize_item(path, 4)
+    with pytest.raises(ValueError, match=f"Item .*: .*{re.escape(repr(path))} does not exist"):
+        normalize_item(path)
 
 
 def test_sentences_ending_in_a_file_name_stay_text():
     for text in ("a photo saved as cat.jpg", "a caption that mentions\nfile.png"):
-        assert normalize_item(text, 0).text == text
-    assert normalize_item({"text": "photos/missing.jpg"}, 0).text == "photos/missing.jpg"  # dict text is text
+        assert normalize_item(text).text == text
+    assert normalize_item({"text": "photos/missing.jpg"}).text == "photos/missing.jpg"  # dict text is text
 
 
 def test_extension_list_matches_sentence_transformers():
@@ -94,26 +94,26 @@ def test_extension_list_matches_sentence_transformers():
 def test_data_uri_string_is_decoded():
     image = random_image(40, 60)
     uri = "data:image/png;base64," + base64.b64encode(png_bytes(image)).decode()
-    np.testing.assert_array_equal(pixels(normalize_item(uri, 0).image), pixels(image))
-    np.testing.assert_array_equal(pixels(normalize_item({"image": uri}, 0).image), pixels(image))
+    np.testing.assert_array_equal(pixels(normalize_item(uri).image), pixels(image))
+    np.testing.assert_array_equal(pixels(normalize_item({"image": uri}).image), pixels(image))
 
 
 def test_bad_data_uris_are_clear_errors(monkeypatch):
-    with pytest.raises(ValueError, match="Batch item 2: .*not valid base64"):
-        normalize_item("data:image/png;base64,@@@@", 2)
+    with pytest.raises(ValueError, match="Item .*: .*not valid base64"):
+        normalize_item("data:image/png;base64,@@@@")
     with pytest.raises(ValueError, match="only base64 image data URIs"):
-        normalize_item({"image": "data:image/png,rawbytes"}, 0)
+        normalize_item({"image": "data:image/png,rawbytes"})
     monkeypatch.setattr(inputs, "MAX_IMAGE_BYTES", 1000)
     uri = "data:image/png;base64," + base64.b64encode(png_bytes(random_image(64, 64))).decode()
     with pytest.raises(ValueError, match="more than 1,000 bytes"):
-        normalize_item(uri, 0)
+        normalize_item(uri)
 
 
 def test_video_file_string_is_an_error(tmp_path):
     path = tmp_path / "clip.mp4"
     path.write_bytes(b"\x00" * 16)
-    with pytest.raises(ValueError, match="Batch item 1: .*video file or URL.*list of images"):
-        normalize_item(str(path), 1)
+    with pytest.raises(ValueError, match="Item .*: .*video file or URL.*list of images"):
+        normalize_item(str(path))
 
 
 # ------------------------------------------------------------------ item 4 / 11: URLs
@@ -178,22 +178,22 @@ def test_urls_are_refused_by_default_without_a_request(model, server):
     url = f"{server.url}/img.png"
     with pytest.raises(ValueError, match="URLs are not fetched unless the encoder option allow_urls"):
         model.encode([url])
-    with pytest.raises(ValueError, match="Batch item 0: .*allow_urls"):
-        normalize_item({"image": url}, 0)
+    with pytest.raises(ValueError, match="Item .*: .*allow_urls"):
+        normalize_item({"image": url})
     assert server.requests == []
 
 
 def test_allowed_urls_still_refuse_loopback_without_a_request(server):
     with pytest.raises(ValueError, match="public internet addresses only"):
-        normalize_item({"image": f"{server.url}/img.png"}, 0, allow_urls=True)
+        normalize_item({"image": f"{server.url}/img.png"}, allow_urls=True)
     with pytest.raises(ValueError, match="public internet addresses only"):  # same answer for unknown hosts
-        normalize_item({"image": "http://no-such-host.invalid/a.png"}, 0, allow_urls=True)
+        normalize_item({"image": "http://no-such-host.invalid/a.png"}, allow_urls=True)
     assert server.requests == []
 
 
 def test_allowed_url_is_fetched_and_decoded(model, server, loopback_allowed):
     url = f"{server.url}/img.png"
-    item = normalize_item(url, 0, allow_urls=True)
+    item = normalize_item(url, allow_urls=True)
     np.testing.assert_array_equal(pixels(item.image), pixels(Image.open(io.BytesIO(server.png))))
     model[0].allow_urls = True
     try:
@@ -220,7 +220,7 @@ def test_redirects_and_other_schemes_are_refused(server, loopback_allowed):
     with pytest.raises(ValueError, match="HTTP 302.*redirects are not followed"):
         fetch_url(f"{server.url}/elsewhere.png")
     with pytest.raises(ValueError, match="only http:// and https://"):
-        normalize_item({"image": "ftp://example.com/a.png"}, 0, allow_urls=True)
+        normalize_item({"image": "ftp://example.com/a.png"}, allow_urls=True)
 
 
 @pytest.mark.parametrize(
@@ -292,8 +292,8 @@ def test_four_d_array_is_a_video(model):
     ],
 )
 def test_bad_arrays_are_clear_errors(value, error, match):
-    with pytest.raises(error, match=f"Batch item 3: .*{match}"):
-        normalize_item(value, 3)
+    with pytest.raises(error, match=f"Item .*: .*{match}"):
+        normalize_item(value)
 
 
 def test_chat_messages_map_onto_one_item(model):
@@ -327,8 +327,8 @@ def test_chat_messages_map_onto_one_item(model):
     ],
 )
 def test_unmappable_messages_say_what_is_supported(messages, match):
-    with pytest.raises(ValueError, match=f"Batch item 0: .*{match}"):
-        normalize_item(messages, 0)
+    with pytest.raises(ValueError, match=f"Item .*: .*{match}"):
+        normalize_item(messages)
 
 
 def test_advertised_modalities_are_the_accepted_ones(model):
@@ -359,29 +359,29 @@ def test_huge_image_is_refused_from_its_header(tmp_path, no_decoding):
     path = tmp_path / "bomb.png"
     path.write_bytes(data)
     for value in (str(path), {"image": data}):
-        with pytest.raises(ValueError, match="Batch item 0: .*too large to decode safely"):
-            normalize_item(value, 0)
+        with pytest.raises(ValueError, match="Item .*: .*too large to decode safely"):
+            normalize_item(value)
 
 
 def test_own_limit_applies_below_pils_limit(no_decoding):
     data = huge_png(9000, 9000)  # 81 MP: above the default 64 MP, below PIL's 89 MP warning
     with pytest.raises(ValueError, match="9000x9000 = 81,000,000 pixels; this encoder's max_image_pixels is 64000000"):
-        normalize_item({"image": data}, 0)
+        normalize_item({"image": data})
     with pytest.raises(ValueError, match="max_image_pixels is 1000"):
-        normalize_item({"image": png_bytes(random_image(56, 56))}, 0, max_image_pixels=1000)
+        normalize_item({"image": png_bytes(random_image(56, 56))}, max_image_pixels=1000)
 
 
 def test_pils_decompression_bomb_error_is_the_same_clear_error(no_decoding):
     with pytest.raises(ValueError, match="too large to decode safely .*exceeds limit"):
-        normalize_item({"image": huge_png(15000, 15000)}, 0, max_image_pixels=None)
+        normalize_item({"image": huge_png(15000, 15000)}, max_image_pixels=None)
 
 
 def test_pixel_limit_covers_every_image_form_and_is_read_by_the_encoder(model):
     image = random_image(56, 56)
-    assert normalize_item(image, 0, max_image_pixels=None).image.size == (56, 56)
+    assert normalize_item(image, max_image_pixels=None).image.size == (56, 56)
     for value in (image, np.asarray(image), [image, image]):
         with pytest.raises(ValueError, match="too large"):
-            normalize_item(value, 0, max_image_pixels=1000)
+            normalize_item(value, max_image_pixels=1000)
     model[0].max_image_pixels = 1000
     try:
         with pytest.raises(ValueError, match="too large"):
@@ -422,8 +422,8 @@ def test_float_images_scale_by_range():
     expected = (eight_bit.astype(float) - eight_bit.min()) * 255 / (eight_bit.max() - eight_bit.min())
     assert np.abs(scaled - np.round(expected)).max() <= 1 and scaled.min() == 0 and scaled.max() == 255
     infinite = Image.fromarray(np.array([[0.0, np.inf]], np.float32))
-    with pytest.raises(ValueError, match="Batch item 0: .*infinite values"):
-        normalize_item(infinite, 0)
+    with pytest.raises(ValueError, match="Item .*: .*infinite values"):
+        normalize_item(infinite)
 
 
 # ------------------------------------------------------------------ item 5 (unclear errors): videos and decoding
@@ -442,8 +442,8 @@ def test_float_images_scale_by_range():
     ],
 )
 def test_video_mistakes_are_clear_errors(value, match):
-    with pytest.raises(ValueError, match=f"Batch item 2: {match}"):
-        normalize_item(value, 2)
+    with pytest.raises(ValueError, match=f"Item .*: {match}"):
+        normalize_item(value)
 
 
 def test_one_frame_video_works_on_qwen3_vl(tiny_backbone_factory):
@@ -457,19 +457,26 @@ def test_lazily_opened_truncated_and_closed_images_are_clear_errors(tmp_path):
     data = png_bytes(random_image(64, 64))
     path.write_bytes(data[: len(data) // 2])
     lazy = Image.open(path)  # reads the header only
-    with pytest.raises(ValueError, match="Batch item 5: cannot decode the image .*truncated"):
-        normalize_item(lazy, 5)
-    with pytest.raises(ValueError, match=r"Batch item 5: cannot decode the image \(file .*cut\.png'\)"):
-        normalize_item(str(path), 5)
+    with pytest.raises(ValueError, match="Item .*: cannot decode the image .*truncated"):
+        normalize_item(lazy)
+    with pytest.raises(ValueError, match=r"Item .*: cannot decode the image \(file .*cut\.png'\)"):
+        normalize_item(str(path))
     closed = random_image(8, 8)
     closed.close()
-    with pytest.raises(ValueError, match="Batch item 5: cannot decode the image .*closed"):
-        normalize_item({"image": closed}, 5)
+    with pytest.raises(ValueError, match="Item .*: cannot decode the image .*closed"):
+        normalize_item({"image": closed})
 
 
 def test_bytes_that_are_not_an_image_say_so():
     with pytest.raises(
-        ValueError, match=r"Batch item 1: cannot decode the image \(9 bytes\): it is not in an image"
+        ValueError, match=r"Item .*: cannot decode the image \(9 bytes\): it is not in an image"
     ) as info:
-        normalize_item({"image": b"not a png"}, 1)
+        normalize_item({"image": b"not a png"})
     assert "BytesIO" not in str(info.value)
+
+
+def test_errors_quote_the_users_item_not_a_sorted_position(model):
+    """sentence-transformers sorts a batch by length before preprocessing; a position would point at another item."""
+    with pytest.raises((TypeError, ValueError), match=r"Item \(1, 2\): ") as error:
+        model.encode_document(["a much longer text that sorts before the others", "short", (1, 2)])
+    assert "Batch item" not in str(error.value)

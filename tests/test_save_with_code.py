@@ -227,10 +227,7 @@ def test_load_uses_installed_classes_and_runs_no_folder_code(tmp_path: Path) -> 
     np.testing.assert_array_equal(loaded.encode_document(items), model.encode_document(items))
 
 
-REFRESH_EMBEDDED_CODE = (
-    'python -c "import umarvel_st.modeling.remote_code as r, umarvel_st.modeling.encoder as e, '
-    "umarvel_st.modeling.pooling as p; [r.copy_source(m.__file__, 'umarvel_st/assets/umarvel-demo') for m in (e, p)]\""
-)
+REFRESH_EMBEDDED_CODE = "make assets"
 
 
 def test_embedded_model_ships_the_current_modeling_code_under_flat_types() -> None:

@@ -355,8 +355,8 @@ class UMarvelTransformer(Transformer):
                 "Pass the instruction text, or prompt_name= one of model.prompts."
             )
         items = [
-            normalize_item(value, index, allow_urls=self.allow_urls, max_image_pixels=self.max_image_pixels)
-            for index, value in enumerate(inputs)
+            normalize_item(value, allow_urls=self.allow_urls, max_image_pixels=self.max_image_pixels)
+            for value in inputs
         ]
         for item in items:
             if prompt and item.instruction is None:

@@ -330,7 +330,7 @@ _URL_SCHEME = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 def _describe(value: Any) -> str:
-    text = repr(value)
+    text = " ".join(repr(value).split())  # one line, also for arrays
     return text if len(text) <= 80 else text[:77] + "..."
 
 
@@ -654,9 +654,7 @@ def _is_frame(value: Any) -> bool:
     )
 
 
-def normalize_item(
-    value: Any, index: int, *, allow_urls: bool = False, max_image_pixels: int | None = MAX_IMAGE_PIXELS
-) -> Item:
+def normalize_item(value: Any, *, allow_urls: bool = False, max_image_pixels: int | None = MAX_IMAGE_PIXELS) -> Item:
     """Normalise one user input into an :class:`Item`, with images decoded, checked and converted to RGB.
 
     Accepted, following sentence-transformers' conventions:
@@ -675,23 +673,23 @@ def normalize_item(
     are fetched (bounded, public hosts only, see :func:`fetch_url`) only with ``allow_urls``.
 
     Args:
-        value: The user's item.
-        index: The item's position, named in errors.
+        value: The user's item. Errors quote it (``Item <repr>: ...``): sentence-transformers sorts a batch by
+            length before preprocessing, so a position would not be the user's.
         allow_urls: Fetch ``http(s)://`` image URLs instead of refusing them.
         max_image_pixels: Largest image accepted (width x height); ``None`` turns this check off.
 
     Raises:
-        TypeError: For an unsupported type, naming the index and what was received.
+        TypeError: For an unsupported type, quoting what was received.
         ValueError: For an empty item, unknown keys, an image that cannot be used, or messages that cannot map.
     """
     try:
         item = _normalize(value, _Limits(allow_urls, max_image_pixels))
     except (TypeError, ValueError) as error:
         kind = ValueError if isinstance(error, ValueError) else TypeError
-        raise kind(f"Batch item {index}: {error}") from error
+        raise kind(f"Item {_describe(value)}: {error}") from error
     if not item.has_visual and not item.text.strip():
         raise ValueError(
-            f"Batch item {index}: nothing to embed (no image and empty text {_describe(item.text)}). "
+            f"Item {_describe(value)}: nothing to embed (no image and empty text {_describe(item.text)}). "
             "Give some text or an image."
         )
     return item
