@@ -76,3 +76,13 @@ def test_readme_mbeir_evaluation_commands_run_as_written(tmp_path, monkeypatch):
     results = json.loads((output / "results.json").read_text())
     assert 0.0 <= results["average"] <= 1.0 and len(results["tasks"]) == 7
     assert (output / "report.md").is_file() and (output / "report.png").stat().st_size > 0
+
+
+def test_importing_the_package_is_light():
+    """``import umarvel_st`` (and so the first line of every command) does not wait for torch."""
+    import subprocess
+    import sys
+
+    code = "import sys, umarvel_st; print(sorted({'torch', 'sentence_transformers'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout == "[]\n"
+    assert all(callable(getattr(umarvel_st, name)) for name in umarvel_st.__all__)  # exported on first use
