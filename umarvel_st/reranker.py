@@ -1,0 +1,97 @@
+"""Building the U-MARVEL re-ranker: a sentence-transformers ``CrossEncoder`` that returns P(Yes) per pair."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from sentence_transformers import CrossEncoder
+from sentence_transformers.cross_encoder.modules import LogitScore
+
+from .modeling.remote_code import PACKAGE_PREFIX, flatten_module_types
+from .modeling.reranker import UMarvelRerankerTransformer, normalize_pair
+
+#: ``modules.json`` types of a saved re-ranker (flat and package path) mapped to the installed class.
+RERANKER_MODULE_CLASSES: dict[str, type] = {
+    f"{prefix}reranker.{UMarvelRerankerTransformer.__name__}": UMarvelRerankerTransformer
+    for prefix in ("", PACKAGE_PREFIX)
+}
+
+
+class UMarvelCrossEncoder(CrossEncoder):
+    """A :class:`~sentence_transformers.CrossEncoder` for the U-MARVEL re-ranker.
+
+    ``predict`` checks every pair before any work starts (errors name the pair index), and ``save`` (also used by
+    ``save_pretrained``, trainer checkpoints and ``push_to_hub``) writes flat module types and the modeling source, so
+    ``CrossEncoder(folder_or_hub_id, trust_remote_code=True)`` loads it with only sentence-transformers installed.
+    """
+
+    def predict(self, inputs: Any, *args: Any, **kwargs: Any) -> Any:
+        """:meth:`CrossEncoder.predict <sentence_transformers.CrossEncoder.predict>` with the pairs checked first.
+
+        Extra keyword: ``share_prefix`` (bool) overrides the module's option for this call.
+
+        Raises:
+            ValueError: For an empty pair list or an unusable item (missing image file...), naming the pair index.
+            TypeError: For a pair that is not a 2-tuple or an unsupported item type, naming the pair index.
+        """
+        pairs = [inputs] if self.is_singular_input(inputs) else list(inputs)
+        if not pairs:
+            raise ValueError("predict() got no pairs; pass a non-empty list of (query, candidate) pairs.")
+        for index, pair in enumerate(pairs):
+            normalize_pair(pair, index)
+        return super().predict(inputs, *args, **kwargs)
+
+    def save(self, path: str, *args: Any, **kwargs: Any) -> None:
+        super().save(path, *args, **kwargs)
+        flatten_module_types(path)
+
+
+def reranker_from_mllm(
+    model_name_or_path: str, *, device: str | None = None, max_length: int | None = None, **options: Any
+) -> UMarvelCrossEncoder:
+    """Build the U-MARVEL re-ranker from a Qwen-VL checkpoint with its LM head.
+
+    The result is ``UMarvelRerankerTransformer -> LogitScore(Yes, No)`` with a sigmoid activation, so ``predict``
+    returns P(Yes) = softmax([logit Yes, logit No])[0], the official score.
+
+    Args:
+        model_name_or_path: A base Qwen2-VL / Qwen2.5-VL / Qwen3-VL ``...ForConditionalGeneration`` checkpoint, or the
+            folder of a trained re-ranker (its root holds the merged weights; options come from ``options``).
+        device: Torch device; defaults to CUDA when available.
+        max_length: Unused by the reference scoring (it never truncates); kept for the CrossEncoder signature.
+        **options: :class:`~umarvel_st.modeling.reranker.UMarvelRerankerTransformer` options (``position_mode``,
+            ``max_pixels``, ``share_prefix``, ``model_kwargs``...).
+
+    Returns:
+        A :class:`UMarvelCrossEncoder`. Score with ``predict([(query, candidate), ...])`` or
+        ``rank(query, candidates, top_k=...)``. A query is text, an image or ``{"text", "image", "instruction"}``;
+        a candidate is text, an image or ``{"text", "image"}``.
+
+    Example:
+        >>> model = reranker_from_mllm("Qwen/Qwen2-VL-7B-Instruct")  # doctest: +SKIP
+        >>> model.rank({"text": "a dog", "instruction": "Find an image."}, [img1, img2])  # doctest: +SKIP
+    """
+    module = UMarvelRerankerTransformer(model_name_or_path, **options)
+    score = LogitScore(true_token_id=module.yes_token_id, false_token_id=module.no_token_id)
+    return UMarvelCrossEncoder(
+        modules=[module, score], device=device, max_length=max_length, activation_fn=torch.nn.Sigmoid()
+    )
+
+
+def load_reranker(model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> UMarvelCrossEncoder:
+    """Load a saved U-MARVEL re-ranker (folder or Hub id) with this package's installed classes.
+
+    Unlike ``CrossEncoder(path, trust_remote_code=True)`` this runs no code from the folder.
+
+    Args:
+        model_name_or_path: A folder written by ``model.save`` or the Hub id of such a repository.
+        **kwargs: Passed to :class:`~sentence_transformers.CrossEncoder` (``device``, ``model_kwargs``...).
+
+    Returns:
+        The re-ranker; its ``save`` writes the modeling code again.
+    """
+    return UMarvelCrossEncoder._load_with_module_classes(
+        os.fspath(model_name_or_path), RERANKER_MODULE_CLASSES, **kwargs
+    )
