@@ -220,36 +220,49 @@ class UMarvelRerankerTransformer(Transformer):
         return self.processor.tokenizer
 
     # ------------------------------------------------------------------ rendering
-    def _truncate(self, text: str) -> str:
-        if self.max_text_tokens is None or not text:
-            return text
-        ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=self.max_text_tokens)
-        return self.tokenizer.decode(ids["input_ids"])
+    @property
+    def mllm(self) -> Any:
+        """The ``...ForConditionalGeneration`` model, also while a peft adapter wraps it (its layers are adapted in
+        place)."""
+        return self.model.get_base_model() if hasattr(self.model, "get_base_model") else self.model
 
-    def query_text(self, query: Item, prompt: str | None = None) -> str:
+    def _truncate(self, text: str, max_tokens: int | None) -> str:
+        if max_tokens is None or not text:
+            return text
+        ids = self.tokenizer(text, add_special_tokens=False, truncation=True, max_length=max_tokens)["input_ids"]
+        return self.tokenizer.decode(ids)
+
+    def query_text(self, query: Item, prompt: str | None = None, max_text_tokens: int | None = None) -> str:
         """The query's text item: ``format(format(instruction) + " " + text)``, plain (or wrapped in the
-        instruction span when ``instruction_span``); ``prompt`` is the instruction of a query that has none."""
+        instruction span when ``instruction_span``), truncated to ``max_text_tokens`` (default: the module's);
+        ``prompt`` is the instruction of a query that has none."""
+        max_tokens = max_text_tokens or self.max_text_tokens
         instruction = query.instruction or prompt
         if not instruction:
-            return self._truncate(format_text(query.text))
+            return self._truncate(format_text(query.text), max_tokens)
         if self.instruction_span:
             instruction = f"{INSTRUCTION_START}{format_text(instruction)}{INSTRUCTION_END}"
         else:
             instruction = format_text(instruction)
-        return self._truncate(format_text(f"{instruction} {query.text}"))
+        return self._truncate(format_text(f"{instruction} {query.text}"), max_tokens)
 
     def messages(
-        self, query: Item, candidate: Item, answer: str | None = None, prompt: str | None = None
+        self,
+        query: Item,
+        candidate: Item,
+        answer: str | None = None,
+        prompt: str | None = None,
+        max_text_tokens: int | None = None,
     ) -> list[dict[str, Any]]:
         """The chat of one pair: the user turn (and the assistant ``answer`` in training)."""
         content: list[dict[str, Any]] = [
             {"type": "text", "text": self.rerank_prompt},
             {"type": "text", "text": "Query:"},
         ]
-        for item, text in ((query, self.query_text(query, prompt)), (candidate, None)):
+        for item, text in ((query, self.query_text(query, prompt, max_text_tokens)), (candidate, None)):
             if item is candidate:
                 content.append({"type": "text", "text": "Candidate:"})
-                text = self._truncate(format_text(item.text))
+                text = self._truncate(format_text(item.text), max_text_tokens or self.max_text_tokens)
             if item.image is not None:
                 content.append({"type": "image"})
             if text or item.image is None:  # an image-only item has no text item; a text-only one always has one
@@ -270,11 +283,13 @@ class UMarvelRerankerTransformer(Transformer):
         answers: Sequence[str] | None = None,
         prompt: str | None = None,
         padding_side: PaddingSide | None = None,
+        max_text_tokens: int | None = None,
     ) -> dict[str, Any]:
         """Tokenise normalised pairs: chat template (generation prompt when scoring, the answer turn when
-        training), pre-resized images, padding on ``padding_side`` (default: the module's)."""
+        training), pre-resized images, padding on ``padding_side`` and text truncation to ``max_text_tokens``
+        (defaults: the module's options)."""
         chats = [
-            self.messages(query, candidate, None if answers is None else answers[index], prompt)
+            self.messages(query, candidate, None if answers is None else answers[index], prompt, max_text_tokens)
             for index, (query, candidate) in enumerate(pairs)
         ]
         texts = self.processor.apply_chat_template(chats, tokenize=False, add_generation_prompt=answers is None)
@@ -338,15 +353,15 @@ class UMarvelRerankerTransformer(Transformer):
         return length
 
     # ------------------------------------------------------------------ forward
-    def position_ids(self, features: dict[str, Any]) -> torch.Tensor:
+    def position_ids(self, features: dict[str, Any], position_mode: PositionMode | None = None) -> torch.Tensor:
         """Positions ``(3, batch, seq)``: M-RoPE over non-pad tokens (pads at 1), or 0..L-1 on all axes
         (``"sequential"``)."""
         input_ids, attention_mask = features["input_ids"], features["attention_mask"]
         batch, length = input_ids.shape
-        if self.position_mode == "sequential":
+        if (position_mode or self.position_mode) == "sequential":
             return torch.arange(length, device=input_ids.device).view(1, 1, -1).expand(3, batch, -1)
         token_types = (input_ids == self.config.image_token_id).int()  # (batch, seq): 1 = image token
-        positions = self.model.model.get_rope_index(
+        positions = self.mllm.model.get_rope_index(
             input_ids, token_types, features.get("image_grid_thw"), None, attention_mask=attention_mask
         )[0]  # (3, batch, seq)
         return positions.masked_fill(attention_mask == 0, 1)  # pads at 1, as the reference's transformers 4.45
@@ -382,7 +397,7 @@ class UMarvelRerankerTransformer(Transformer):
         ]
         offsets = [0, *torch.cumsum(grid.prod(-1), 0).tolist()]  # patch rows of each image in pixel_values
         pixels = torch.cat([features["pixel_values"][offsets[image] : offsets[image + 1]] for image in keep])
-        visual = list(self.model.model.get_image_features(pixels, grid[keep], return_dict=True).pooler_output)
+        visual = list(self.mllm.model.get_image_features(pixels, grid[keep], return_dict=True).pooler_output)
         shared, cursor = visual[:query_images], 0
         image_mask = input_ids == self.config.image_token_id  # (batch, seq)
         embeds = embeds.clone()
@@ -405,8 +420,8 @@ class UMarvelRerankerTransformer(Transformer):
         if grid is not None:
             embeds = self._merge_images_once(features, embeds, query_images)
         starts = (length - attention_mask.sum(-1)).tolist()  # left padding: first real token per row
-        cache = DynamicCache(config=self.model.config)
-        language_model = self.model.model.language_model
+        cache = DynamicCache(config=self.config)
+        language_model = self.mllm.model.language_model
         start = starts[0]
         language_model(
             inputs_embeds=embeds[:1, start : start + prefix],
@@ -432,4 +447,4 @@ class UMarvelRerankerTransformer(Transformer):
             cache=cache,
             use_cache=True,
         ).last_hidden_state  # (batch, own, hidden)
-        return self.model.lm_head(hidden[:, -1:])  # (batch, 1, vocab)
+        return self.mllm.lm_head(hidden[:, -1:])  # (batch, 1, vocab)
