@@ -16,11 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+import umarvel_st
 from umarvel_st.modeling.reranker import RERANK_PROMPT, normalize_pair
 from umarvel_st.reranker import UMarvelCrossEncoder, reranker_from_mllm
 
 DATA = Path(__file__).parent / "data" / "refparity_reranker_qwen2vl"
-CHECKPOINT = DATA / "checkpoint"
+CHECKPOINT = Path(umarvel_st.__file__).parent / "assets" / "tiny-rerank-qwen2vl"  # the fixture checkpoint
 FIXTURE = json.loads((DATA / "fixture.json").read_text())
 REF = np.load(DATA / "ref_scores.npy")
 REF_LOGITS = dict(np.load(DATA / "ref_logits.npz"))
