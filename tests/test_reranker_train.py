@@ -173,3 +173,62 @@ def test_bce_on_the_score_is_the_native_alternative(tmp_path: Path) -> None:
     after = model.predict(pairs)
     gap_before, gap_after = before[:2].mean() - before[2:].mean(), after[:2].mean() - after[2:].mean()
     assert gap_after > gap_before + 0.1  # positives up, negatives down
+
+
+RECIPE = """
+name: rerank-test
+base_model: {checkpoint}
+output_dir: {output}
+stages:
+  - name: rerank
+    data: {{kind: rerank, path: {data}}}
+    loss: pointwise
+    init_from: base
+    adapter: lora
+    lora_r: 4
+    lora_alpha: 8
+    lora_dropout: 0.0
+    batch_size: 2
+    max_steps: 2
+    save_steps: 1
+    lr: 0.005
+    gradient_checkpointing: false
+    logging_steps: 1
+"""
+
+
+def test_rerank_stage_of_a_recipe_trains_and_resumes(tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    from umarvel_st.train.recipe import load_recipe
+    from umarvel_st.train.runner import train
+
+    (tmp_path / "rerank.json").write_text(json.dumps(training_inputs()))
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(RECIPE.format(checkpoint=CHECKPOINT, output=tmp_path / "run", data=tmp_path / "rerank.json"))
+    final = train(load_recipe(recipe))
+    stage = tmp_path / "run" / "01-rerank"
+    assert final == stage / "model"
+    trained = umarvel_st.load_reranker(final).predict(fixture_pairs())
+    assert np.abs(trained - umarvel_st.reranker_from_mllm(str(CHECKPOINT)).predict(fixture_pairs())).max() > 1e-3
+
+    # Interrupted after its last checkpoint: the rerun resumes there and ends with the same model.
+    shutil.rmtree(final)
+    (stage / "run_config.json").unlink()
+    assert train(load_recipe(recipe)) == final
+    assert json.loads((stage / "run_config.json").read_text())["resumed_from"].endswith("checkpoint-2")
+    np.testing.assert_allclose(umarvel_st.load_reranker(final).predict(fixture_pairs()), trained, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kind", "loss", "ok"), [("rerank", "bce", True), ("rerank", "infonce", False), ("pairs", "pointwise", False)]
+)
+def test_rerank_stage_losses_are_validated(kind: str, loss: str, ok: bool) -> None:
+    from umarvel_st.train.recipe import StageConfig
+
+    if ok:
+        assert StageConfig(name="s", data={"kind": kind}, loss=loss).loss == loss
+    else:
+        with pytest.raises(ValueError, match="loss="):
+            StageConfig(name="s", data={"kind": kind}, loss=loss)

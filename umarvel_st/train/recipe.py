@@ -14,8 +14,9 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-DATA_KINDS = ("nli", "captions", "mbeir", "pairs")
+DATA_KINDS = ("nli", "captions", "mbeir", "pairs", "rerank")
 LOSSES = ("infonce", "symmetric")
+RERANK_LOSSES = ("pointwise", "bce")  # the `rerank` stage kind (issue 9): see umarvel_st.train.reranker
 ADAPTERS = ("lora", "full")
 
 
@@ -27,7 +28,13 @@ class StageConfig:
     data: dict[str, Any] = field(
         metadata={"help": f"Data: {{'kind': one of {DATA_KINDS}, ...}} (see umarvel_st.data.training)."}
     )
-    loss: str = field(default="infonce", metadata={"help": f"One of {LOSSES}; symmetric = sum of both directions."})
+    loss: str = field(
+        default="infonce",
+        metadata={
+            "help": f"One of {LOSSES}; symmetric = sum of both directions. "
+            f"For data kind 'rerank': one of {RERANK_LOSSES} (official LM loss or BCE on the score)."
+        },
+    )
     temperature: float = field(default=0.05, metadata={"help": "Initial (or fixed) temperature."})
     learnable_temperature: bool = field(default=False, metadata={"help": "Learn the temperature (stage 3 on)."})
     carry_temperature: bool = field(default=False, metadata={"help": "Start from the previous stage's temperature."})
@@ -58,7 +65,7 @@ class StageConfig:
 
     def __post_init__(self) -> None:
         checks = {
-            "loss": (self.loss, LOSSES),
+            "loss": (self.loss, RERANK_LOSSES if self.data.get("kind") == "rerank" else LOSSES),
             "adapter": (self.adapter, ADAPTERS),
             "data.kind": (self.data.get("kind") if isinstance(self.data, dict) else None, DATA_KINDS),
         }

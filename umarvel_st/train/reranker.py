@@ -14,9 +14,12 @@ minus the positives, as the reference draws it from the stage-3 model's local to
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import random
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import torch
@@ -208,3 +211,75 @@ def _item(value: Any) -> dict[str, Any]:
     """One item as a dict with all three keys, so that a ``datasets`` column has one schema."""
     value = {"text": value} if isinstance(value, str) else dict(value)
     return {"text": value.get("text") or "", "image": value.get("image"), "instruction": value.get("instruction")}
+
+
+def run_rerank_stage(recipe: Any, stage: Any, init: Path, folder: Path) -> Path:
+    """Train a re-ranker stage of a recipe (``data: {kind: rerank, path: FILE}``), resuming from its last
+    checkpoint; merge, save ``folder/model`` and write ``folder/run_config.json`` (which marks the stage done).
+
+    ``FILE`` is a JSON object with ``queries``, ``candidates``, ``positives`` and ``ranked`` (the arguments of
+    :func:`build_rerank_dataset`); ``stage.loss`` is ``"pointwise"`` (:class:`PointwiseLMLoss`) or ``"bce"``.
+
+    Returns:
+        The saved model folder.
+    """
+    from sentence_transformers.cross_encoder import CrossEncoderTrainer, CrossEncoderTrainingArguments
+    from sentence_transformers.cross_encoder.losses import BinaryCrossEntropyLoss
+    from transformers import set_seed
+
+    from ..reranker import reranker_from_mllm
+    from .lora import apply_lora, freeze_vision, merge_lora
+
+    set_seed(recipe.seed)
+    model = reranker_from_mllm(str(init), max_pixels=stage.max_pixels)
+    model.trust_remote_code = True  # its checkpoints carry this package's modeling code; resuming reloads them
+    if stage.adapter == "lora":
+        apply_lora(model, r=stage.lora_r, alpha=stage.lora_alpha, dropout=stage.lora_dropout)
+    elif not stage.train_vision:
+        freeze_vision(model)
+    data = json.loads(Path(stage.data["path"]).read_text(encoding="utf-8"))
+    pointwise = stage.loss == "pointwise"
+    dataset = build_rerank_dataset(**data, seed=recipe.seed, output_format="triplet" if pointwise else "labeled-pair")
+    checkpoints = folder / "checkpoints"
+    args = CrossEncoderTrainingArguments(
+        output_dir=str(checkpoints),
+        per_device_train_batch_size=stage.batch_size,
+        num_train_epochs=stage.epochs,
+        max_steps=stage.max_steps,
+        learning_rate=stage.lr,
+        weight_decay=stage.weight_decay,
+        lr_scheduler_type="cosine",
+        warmup_steps=stage.warmup_ratio,
+        max_grad_norm=stage.max_grad_norm,
+        bf16=torch.cuda.is_available(),
+        gradient_checkpointing=stage.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        save_strategy="steps",
+        save_steps=stage.save_steps,
+        save_total_limit=2,
+        logging_steps=stage.logging_steps,
+        seed=recipe.seed,
+        report_to=[],
+        deepspeed=recipe.deepspeed,
+    )
+    loss = PointwiseLMLoss(model) if pointwise else BinaryCrossEntropyLoss(model)
+    trainer = CrossEncoderTrainer(model=model, args=args, train_dataset=dataset, loss=loss)
+    done = [path for path in checkpoints.glob("checkpoint-*") if (path / "trainer_state.json").is_file()]
+    last = str(max(done, key=lambda path: int(path.name.rpartition("-")[2]))) if done else None
+    if last:
+        logger.info("Stage %s: resuming from %s", stage.name, last)
+    result = trainer.train(resume_from_checkpoint=last)
+    if stage.adapter == "lora":
+        merge_lora(model)
+    target = folder / "model"
+    model.save(str(target))
+    run_config = {
+        "recipe": recipe.name,
+        "stage": dataclasses.asdict(stage),
+        "init_from": str(init),
+        "seed": recipe.seed,
+        "resumed_from": last,
+        "train": result.metrics,
+    }
+    (folder / "run_config.json").write_text(json.dumps(run_config, indent=2, default=str), encoding="utf-8")
+    return target

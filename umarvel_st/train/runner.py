@@ -94,6 +94,10 @@ def run_stage(recipe: Recipe, index: int, init: Path, temperature_from: Path | N
 
     stage = recipe.stages[index]
     folder = _stage_dir(recipe, index, stage)
+    if stage.data["kind"] == "rerank":  # the re-ranker stage kind (issue 9)
+        from .reranker import run_rerank_stage
+
+        return run_rerank_stage(recipe, stage, init, folder)
     set_seed(recipe.seed)  # the fresh LoRA's random init must be the same in a rerun
     model = from_mllm(
         str(init), summarize_suffix=stage.summarize_suffix, generation_prompt=False, max_pixels=stage.max_pixels
@@ -200,7 +204,8 @@ def train(recipe: Recipe) -> Path:
         if stage.init_from == "previous":
             init = previous
         elif stage.init_from == "base":
-            init = base
+            # A re-ranker starts from the raw MLLM with its LM head, not the embedder base (issue 9).
+            init = Path(recipe.base_model) if stage.data["kind"] == "rerank" else base
         else:
             init = Path(stage.init_from)
         if (folder / RUN_CONFIG).is_file():
