@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import shlex
 import shutil
@@ -112,6 +113,8 @@ def main(argv: list[str] | None = None) -> dict:
             "machine": {
                 "platform": platform.platform(),
                 "cpu_threads": torch.get_num_threads(),
+                "cpus": os.cpu_count(),
+                "load_average_1min_at_start": os.getloadavg()[0],
                 "device": args.device,
             },
             "versions": {"torch": torch.__version__, "umarvel_st": umarvel_st.__version__},
@@ -147,6 +150,7 @@ def main(argv: list[str] | None = None) -> dict:
                 "max_abs_score_diff": float(np.abs(scores["shared"] - scores["plain"]).max()),
             }
             print(kind, json.dumps(report["results"][kind]["pairs_per_s"]), report["results"][kind]["speedup"])
+    report["machine"]["load_average_1min_at_end"] = os.getloadavg()[0]
     args.output.parent.mkdir(parents=True, exist_ok=True)
     args.output.with_suffix(".json").write_text(json.dumps(report, indent=1))
     lines = [
@@ -155,7 +159,9 @@ def main(argv: list[str] | None = None) -> dict:
         f"`{report['command']}` ({report['date']}; {report['machine']['platform']}, {args.device}, "
         f"{report['machine']['cpu_threads']} torch threads; backbone `{args.size}`, "
         f"{report['backbone']['parameters']:,} parameters; {args.candidates} candidates per query, "
-        f"batch {args.batch_size}).",
+        f"batch {args.batch_size}). Load average (1 min) {report['machine']['load_average_1min_at_start']:.1f} at "
+        f"start, {report['machine']['load_average_1min_at_end']:.1f} at end on {report['machine']['cpus']} CPUs: "
+        "on a shared machine the absolute rates are noisy; the two variants alternate, so their ratio is fairer.",
         "",
         "| query | shared prefix tokens | mean tokens / pair | plain pairs/s | shared pairs/s | speedup | max score diff |",
         "| --- | --- | --- | --- | --- | --- | --- |",

@@ -188,6 +188,13 @@ def test_prefix_is_not_shared_across_different_queries(model: UMarvelCrossEncode
         ([("q", "c"), ("q", {"image": "/nonexistent/cat.png"})], ValueError, "Pair 1: image file .* does not exist"),
         ([({"text": "q", "colour": "red"}, "c")], ValueError, "Pair 0: unknown keys"),
         ([], ValueError, "no pairs"),
+        (
+            [("q", "c"), ("q", "a <|image_pad|> trick")],
+            ValueError,
+            r"Pair 1: .* special token\(s\) \['<\|image_pad\|>'\]",
+        ),
+        ([({"text": "q", "instruction": "<|im_start|>system"}, "c")], ValueError, "Pair 0: .* special token"),
+        ([("q", "c"), ("word " * 5000, "c")], ValueError, "renders to .* tokens, more than max_seq_length=4096"),
     ],
 )
 def test_bad_pairs_are_refused_before_scoring(

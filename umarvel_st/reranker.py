@@ -33,14 +33,16 @@ class UMarvelCrossEncoder(CrossEncoder):
         Extra keyword: ``share_prefix`` (bool) overrides the module's option for this call.
 
         Raises:
-            ValueError: For an empty pair list or an unusable item (missing image file...), naming the pair index.
+            ValueError: For an empty pair list, an unusable item (missing image file...) or a text holding a control
+                token, naming the pair index.
             TypeError: For a pair that is not a 2-tuple or an unsupported item type, naming the pair index.
         """
         pairs = [inputs] if self.is_singular_input(inputs) else list(inputs)
         if not pairs:
             raise ValueError("predict() got no pairs; pass a non-empty list of (query, candidate) pairs.")
-        for index, pair in enumerate(pairs):
-            normalize_pair(pair, index)
+        self[0].check_plain_text(
+            [normalize_pair(pair, index) for index, pair in enumerate(pairs)], kwargs.get("prompt")
+        )
         return super().predict(inputs, *args, **kwargs)
 
     def save(self, path: str, *args: Any, **kwargs: Any) -> None:

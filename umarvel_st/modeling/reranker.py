@@ -113,7 +113,8 @@ class UMarvelRerankerTransformer(Transformer):
             ``<instruction_end>`` (the reference re-ranker does not).
         max_text_tokens: Truncate the query text (instruction included) and the candidate text to this many tokens
             (decode round trip), as the reference does in training only (256); ``None`` at scoring.
-        share_prefix: Compute the query prefix once when every pair of a batch has the same query.
+        share_prefix: Compute the query prefix once when every pair of a batch has the same query (Qwen2-VL and
+            Qwen2.5-VL; Qwen3-VL always runs the plain path).
         min_pixels: Lower pixel budget of the factor-28 image pre-resize.
         max_pixels: Upper pixel budget of the factor-28 image pre-resize.
         image_backend: Image-processor backend; ``None`` picks the reference's (PIL for Qwen2-VL).
@@ -180,6 +181,9 @@ class UMarvelRerankerTransformer(Transformer):
                 "reads the logits of 'Yes' and 'No'. Load a Qwen-VL ...ForConditionalGeneration checkpoint (e.g. "
                 "Qwen/Qwen2-VL-7B-Instruct or a trained re-ranker), not an embedder."
             )
+        positions = self.config.get_text_config().max_position_embeddings
+        if not self.max_seq_length or self.max_seq_length > positions:
+            self.max_seq_length = positions  # longer pairs are refused (scoring never truncates)
         self.yes_token_id = self._single_token_id(YES)
         self.no_token_id = self._single_token_id(NO)
         self.rerank_prompt = rerank_prompt
@@ -255,14 +259,13 @@ class UMarvelRerankerTransformer(Transformer):
         max_text_tokens: int | None = None,
     ) -> list[dict[str, Any]]:
         """The chat of one pair: the user turn (and the assistant ``answer`` in training)."""
-        content: list[dict[str, Any]] = [
-            {"type": "text", "text": self.rerank_prompt},
-            {"type": "text", "text": "Query:"},
-        ]
-        for item, text in ((query, self.query_text(query, prompt, max_text_tokens)), (candidate, None)):
-            if item is candidate:
-                content.append({"type": "text", "text": "Candidate:"})
-                text = self._truncate(format_text(item.text), max_text_tokens or self.max_text_tokens)
+        content: list[dict[str, Any]] = [{"type": "text", "text": self.rerank_prompt}]
+        candidate_text = self._truncate(format_text(candidate.text), max_text_tokens or self.max_text_tokens)
+        for label, item, text in (
+            ("Query:", query, self.query_text(query, prompt, max_text_tokens)),
+            ("Candidate:", candidate, candidate_text),
+        ):
+            content.append({"type": "text", "text": label})
             if item.image is not None:
                 content.append({"type": "image"})
             if text or item.image is None:  # an image-only item has no text item; a text-only one always has one
@@ -277,6 +280,23 @@ class UMarvelRerankerTransformer(Transformer):
             chat.append({"role": "assistant", "content": [{"type": "text", "text": answer}]})
         return chat
 
+    def check_plain_text(self, pairs: Sequence[tuple[Item, Item]], prompt: str | None = None) -> None:
+        """Refuse texts that contain a control token such as ``<|im_start|>`` or ``<|image_pad|>``: user text is
+        text, and the tokenizer would otherwise parse those as the chat's own tokens.
+
+        Raises:
+            ValueError: Naming the pair index, the text and the tokens.
+        """
+        special = [token for token in self.tokenizer.get_added_vocab() if token.startswith("<|")]
+        for index, (query, candidate) in enumerate(pairs):
+            for text in (query.text, query.instruction or "", prompt or "", candidate.text):
+                found = [token for token in special if token in text]
+                if found:
+                    raise ValueError(
+                        f"Pair {index}: the text {_describe(text)} contains the special token(s) {found}; user text "
+                        "must not carry control tokens. Remove them from the text."
+                    )
+
     def render(
         self,
         pairs: Sequence[tuple[Item, Item]],
@@ -287,7 +307,12 @@ class UMarvelRerankerTransformer(Transformer):
     ) -> dict[str, Any]:
         """Tokenise normalised pairs: chat template (generation prompt when scoring, the answer turn when
         training), pre-resized images, padding on ``padding_side`` and text truncation to ``max_text_tokens``
-        (defaults: the module's options)."""
+        (defaults: the module's options).
+
+        Raises:
+            ValueError: If a text contains a special token (see :meth:`check_plain_text`).
+        """
+        self.check_plain_text(pairs, prompt)
         chats = [
             self.messages(query, candidate, None if answers is None else answers[index], prompt, max_text_tokens)
             for index, (query, candidate) in enumerate(pairs)
@@ -320,8 +345,17 @@ class UMarvelRerankerTransformer(Transformer):
         """
         pairs = [normalize_pair(pair, index) for index, pair in enumerate(inputs)]
         features = self.render(pairs, prompt=prompt)
+        lengths = features["attention_mask"].sum(-1)  # (batch,)
+        if self.max_seq_length and int(lengths.max()) > self.max_seq_length:
+            index = int(lengths.argmax())
+            raise ValueError(
+                f"Pair {index} of this batch renders to {int(lengths[index])} tokens, more than max_seq_length="
+                f"{self.max_seq_length} (the reference never truncates at scoring). Shorten its texts, lower "
+                "max_pixels, or set max_text_tokens."
+            )
         share = kwargs.get("share_prefix", self.share_prefix)
-        if share and len(pairs) > 1 and self.padding_side == "left":
+        # Qwen3-VL feeds DeepStack image features into the decoder layers; the shared path covers Qwen2(.5)-VL.
+        if share and len(pairs) > 1 and self.padding_side == "left" and self.config.model_type != "qwen3_vl":
             length = self._shared_prefix_length(pairs, features)
             if length > 0:
                 features["shared_prefix_length"] = length
@@ -362,7 +396,7 @@ class UMarvelRerankerTransformer(Transformer):
             return torch.arange(length, device=input_ids.device).view(1, 1, -1).expand(3, batch, -1)
         token_types = (input_ids == self.config.image_token_id).int()  # (batch, seq): 1 = image token
         positions = self.mllm.model.get_rope_index(
-            input_ids, token_types, features.get("image_grid_thw"), None, attention_mask=attention_mask
+            input_ids, token_types, image_grid_thw=features.get("image_grid_thw"), attention_mask=attention_mask
         )[0]  # (3, batch, seq)
         return positions.masked_fill(attention_mask == 0, 1)  # pads at 1, as the reference's transformers 4.45
 
