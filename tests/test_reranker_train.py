@@ -232,3 +232,24 @@ def test_rerank_stage_losses_are_validated(kind: str, loss: str, ok: bool) -> No
     else:
         with pytest.raises(ValueError, match="loss="):
             StageConfig(name="s", data={"kind": kind}, loss=loss)
+
+
+def test_an_official_lora_checkpoint_converts_to_a_reranker(tmp_path: Path) -> None:
+    from peft import LoraConfig, PeftModel, get_peft_model
+    from transformers import AutoModelForImageTextToText
+
+    from umarvel_st.reranker import convert_official_reranker
+
+    torch.manual_seed(0)
+    base = AutoModelForImageTextToText.from_pretrained(str(CHECKPOINT))
+    config = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj", "down_proj"], init_lora_weights=False)
+    get_peft_model(base, config).save_pretrained(tmp_path / "adapter")  # what the official training leaves
+
+    converted = convert_official_reranker(str(CHECKPOINT), tmp_path / "adapter", tmp_path / "out")
+    reference = umarvel_st.reranker_from_mllm(str(CHECKPOINT))
+    plain = reference.predict(fixture_pairs())
+    reference[0].model = PeftModel.from_pretrained(reference[0].model, str(tmp_path / "adapter"))  # adapter unmerged
+    expected = reference.predict(fixture_pairs())
+    assert np.abs(expected - plain).max() > 1e-3
+    np.testing.assert_allclose(converted.predict(fixture_pairs()), expected, rtol=0, atol=1e-5)
+    assert (tmp_path / "out" / "modules.json").is_file() and (tmp_path / "out" / "reranker.py").is_file()

@@ -97,3 +97,38 @@ def load_reranker(model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> 
     return UMarvelCrossEncoder._load_with_module_classes(
         os.fspath(model_name_or_path), RERANKER_MODULE_CLASSES, **kwargs
     )
+
+
+def convert_official_reranker(
+    base_model: str, adapter: str | os.PathLike[str], output: str | os.PathLike[str], **options: Any
+) -> UMarvelCrossEncoder:
+    """Turn an official U-MARVEL re-ranker checkpoint (a LoRA adapter on a Qwen-VL ``...ForConditionalGeneration``,
+    no tokens added) into a saved re-ranker folder.
+
+    The adapter is merged into the base weights; the folder gets the merged backbone at its root with the base
+    model's tokenizer and processor, the scoring options (``sentence_bert_config.json``), ``modules.json`` =
+    [``reranker.UMarvelRerankerTransformer``, ``LogitScore(yes_id, no_id)``], a sigmoid activation and the modeling
+    code. No embedding row changes.
+
+    Args:
+        base_model: The adapter's base model (folder or Hub id), e.g. ``Qwen/Qwen2-VL-7B-Instruct``.
+        adapter: The official adapter folder (``adapter_config.json`` + weights).
+        output: Folder to save the re-ranker to.
+        **options: :func:`reranker_from_mllm` options (``model_kwargs={"dtype": ...}``...).
+
+    Returns:
+        The converted re-ranker (also saved to ``output``).
+    """
+    import tempfile
+
+    from peft import PeftModel
+    from transformers import AutoModelForImageTextToText, AutoProcessor
+
+    dtype = (options.get("model_kwargs") or {}).get("dtype", "auto")
+    with tempfile.TemporaryDirectory() as merged:
+        base = AutoModelForImageTextToText.from_pretrained(base_model, dtype=dtype)
+        PeftModel.from_pretrained(base, os.fspath(adapter)).merge_and_unload().save_pretrained(merged)
+        AutoProcessor.from_pretrained(base_model).save_pretrained(merged)
+        model = reranker_from_mllm(merged, **options)
+        model.save(os.fspath(output))
+    return load_reranker(output)
