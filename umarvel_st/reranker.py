@@ -50,9 +50,7 @@ class UMarvelCrossEncoder(CrossEncoder):
         flatten_module_types(path)
 
 
-def reranker_from_mllm(
-    model_name_or_path: str, *, device: str | None = None, max_length: int | None = None, **options: Any
-) -> UMarvelCrossEncoder:
+def reranker_from_mllm(model_name_or_path: str, *, device: str | None = None, **options: Any) -> UMarvelCrossEncoder:
     """Build the U-MARVEL re-ranker from a Qwen-VL checkpoint with its LM head.
 
     The result is ``UMarvelRerankerTransformer -> LogitScore(Yes, No)`` with a sigmoid activation, so ``predict``
@@ -62,7 +60,6 @@ def reranker_from_mllm(
         model_name_or_path: A base Qwen2-VL / Qwen2.5-VL / Qwen3-VL ``...ForConditionalGeneration`` checkpoint, or the
             folder of a trained re-ranker (its root holds the merged weights; options come from ``options``).
         device: Torch device; defaults to CUDA when available.
-        max_length: Unused by the reference scoring (it never truncates); kept for the CrossEncoder signature.
         **options: :class:`~umarvel_st.modeling.reranker.UMarvelRerankerTransformer` options (``position_mode``,
             ``max_pixels``, ``share_prefix``, ``model_kwargs``...).
 
@@ -77,9 +74,7 @@ def reranker_from_mllm(
     """
     module = UMarvelRerankerTransformer(model_name_or_path, **options)
     score = LogitScore(true_token_id=module.yes_token_id, false_token_id=module.no_token_id)
-    return UMarvelCrossEncoder(
-        modules=[module, score], device=device, max_length=max_length, activation_fn=torch.nn.Sigmoid()
-    )
+    return UMarvelCrossEncoder(modules=[module, score], device=device, activation_fn=torch.nn.Sigmoid())
 
 
 def load_reranker(model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> UMarvelCrossEncoder:
