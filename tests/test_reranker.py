@@ -216,3 +216,12 @@ def test_a_checkpoint_without_lm_head_is_refused(tmp_path: Path) -> None:
 def test_a_tokenizer_without_single_token_yes_is_refused(tiny_backbone_factory) -> None:
     with pytest.raises(ValueError, match="'Yes' is 2 tokens"):
         reranker_from_mllm(str(tiny_backbone_factory("qwen2_vl")))
+
+
+def test_prompt_is_the_instruction_of_queries_without_one(model: UMarvelCrossEncoder) -> None:
+    pairs = fixture_pairs()
+    query, candidate = pairs[0]
+    bare = {key: value for key, value in query.items() if key != "instruction"}
+    via_prompt = model.predict([(bare, candidate)], prompt=query["instruction"])
+    np.testing.assert_allclose(via_prompt, REF[:1], rtol=0, atol=1e-5)
+    assert abs(model.predict([(bare, candidate)])[0] - REF[0]) > 1e-3
