@@ -12,11 +12,19 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from .hub.publish import publish
     from .model import from_mllm, load, open_model
+    from .reranker import load_reranker, reranker_from_mllm
 
 # public name -> the module that defines it
-_EXPORTS = {"from_mllm": ".model", "load": ".model", "open_model": ".model", "publish": ".hub.publish"}
+_EXPORTS = {
+    "from_mllm": ".model",
+    "load": ".model",
+    "open_model": ".model",
+    "publish": ".hub.publish",
+    "reranker_from_mllm": ".reranker",
+    "load_reranker": ".reranker",
+}
 
-__all__ = ["from_mllm", "load", "open_model", "publish"]
+__all__ = ["from_mllm", "load", "load_reranker", "open_model", "publish", "reranker_from_mllm"]
 __version__ = "0.1.0"
 
 

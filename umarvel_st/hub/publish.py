@@ -19,13 +19,14 @@ import tempfile
 from pathlib import Path
 
 from peft import PeftModel
-from sentence_transformers import SentenceTransformer
+from sentence_transformers import CrossEncoder, SentenceTransformer
 
 from ..model import load
 from ..modeling.remote_code import flatten_module_types
 from ..train.lora import merge_lora
 from .card import CardData, render_model_card
 from .portable import ASSET_IMAGES, export_portable, measure_drift
+from .reranker_card import is_reranker_folder, write_reranker_repo_folder
 
 logger = logging.getLogger(__name__)
 
@@ -104,6 +105,13 @@ def write_repo_folder(
     if folder.exists() and (not folder.is_dir() or any(folder.iterdir())):
         raise ValueError(f"{str(folder)!r} is not an empty folder; pass a new or empty folder to write the repo into.")
     source = model if isinstance(model, (str, Path)) else None
+    if isinstance(model, CrossEncoder) or (source is not None and is_reranker_folder(source)):  # issue 9: re-ranker
+        if portable or adapter_base_model:
+            raise ValueError("A re-ranker is published merged and exact: drop portable / adapter_base_model.")
+        folder = write_reranker_repo_folder(model, folder, repo_id, card)
+        local_paths = {str(Path.cwd()), str(Path.home()), str(folder.resolve()), str(Path(__file__).parents[2])}
+        _check_no_local_paths(folder, local_paths | ({str(Path(source).resolve())} if source else set()))
+        return folder
     model = _load(model)
     if type(model[0]).__name__ != "UMarvelTransformer":
         raise ValueError(

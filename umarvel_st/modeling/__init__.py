@@ -7,12 +7,15 @@ from .backbones import BACKBONES, BackboneSpec, get_backbone
 from .encoder import UMarvelTransformer
 from .instructions import MBEIR_INSTRUCTIONS
 from .pooling import InstructionMaskedMeanPooling
+from .reranker import RERANK_PROMPT, UMarvelRerankerTransformer
 
 __all__ = [
     "BACKBONES",
     "BackboneSpec",
     "InstructionMaskedMeanPooling",
     "MBEIR_INSTRUCTIONS",
+    "RERANK_PROMPT",
+    "UMarvelRerankerTransformer",
     "UMarvelTransformer",
     "get_backbone",
 ]

@@ -30,8 +30,9 @@ import yaml
 from ..data.mbeir import POOLS, SPLITS
 from ..modeling.inputs import MIN_PIXELS
 
-DATA_KINDS = ("nli", "captions", "mbeir", "pairs")
+DATA_KINDS = ("nli", "captions", "mbeir", "pairs", "rerank")
 LOSSES = ("infonce", "symmetric")
+RERANK_LOSSES = ("pointwise", "bce")  # the `rerank` stage kind (issue 9): see umarvel_st.train.reranker
 ADAPTERS = ("lora", "full")
 # Options of each data kind (besides "kind"): name -> (type, required). See umarvel_st.data.training.
 DATA_OPTIONS: dict[str, dict[str, tuple[Any, bool]]] = {
@@ -39,6 +40,7 @@ DATA_OPTIONS: dict[str, dict[str, tuple[Any, bool]]] = {
     "captions": {"path": (str, True), "image_root": (str, False)},
     "pairs": {"path": (str, True), "image_root": (str, False)},
     "mbeir": {"root": (str, True), "tasks": (list[str], False), "max_queries_per_task": (int, False)},
+    "rerank": {"path": (str, True)},  # a JSON object of build_rerank_dataset's arguments (umarvel_st.train.reranker)
 }
 # Options of the evaluate block (MBEIREvaluator arguments): name -> (type, required).
 EVALUATE_OPTIONS: dict[str, tuple[Any, bool]] = {
@@ -153,7 +155,13 @@ class StageConfig:
     data: dict[str, Any] = field(
         metadata={"help": f"Data: {{'kind': one of {DATA_KINDS}, ...}} (see umarvel_st.data.training)."}
     )
-    loss: str = field(default="infonce", metadata={"help": f"One of {LOSSES}; symmetric = sum of both directions."})
+    loss: str = field(
+        default="infonce",
+        metadata={
+            "help": f"One of {LOSSES}; symmetric = sum of both directions. "
+            f"For data kind 'rerank': one of {RERANK_LOSSES} (official LM loss or BCE on the score)."
+        },
+    )
     temperature: float = field(default=0.05, metadata={"help": "Initial (or fixed) temperature.", "check": POSITIVE})
     learnable_temperature: bool = field(default=False, metadata={"help": "Learn the temperature (stage 3 on)."})
     carry_temperature: bool = field(default=False, metadata={"help": "Start from the previous stage's temperature."})
@@ -203,12 +211,13 @@ class StageConfig:
                 f"{self.name!r} is not a valid stage name: it names the stage's folder, so use only letters, digits, "
                 "'.', '_' and '-', starting with a letter or digit (no path separators or '..').",
             )
-        for key, allowed in (("loss", LOSSES), ("adapter", ADAPTERS)):
-            if getattr(self, key) not in allowed:
-                raise RecipeError(key, f"{getattr(self, key)!r} is not one of {list(allowed)}.")
         kind = self.data.get("kind")
         if kind not in DATA_KINDS:
             raise RecipeError("data.kind", f"{kind!r} is not one of {list(DATA_KINDS)}.")
+        losses = RERANK_LOSSES if kind == "rerank" else LOSSES
+        for key, allowed in (("loss", losses), ("adapter", ADAPTERS)):
+            if getattr(self, key) not in allowed:
+                raise RecipeError(key, f"{getattr(self, key)!r} is not one of {list(allowed)}.")
         try:
             _check_options(self.data, DATA_OPTIONS[kind], f"{kind!r} data", ignore=("kind",))
         except RecipeError as error:

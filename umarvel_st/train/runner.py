@@ -228,6 +228,10 @@ def build_dataset(stage: StageConfig, seed: int):
         return training.image_captions(**options)
     if kind == "pairs":
         return training.custom_pairs(options.pop("path"), **options)
+    if kind == "rerank":
+        from .reranker import rerank_stage_dataset
+
+        return rerank_stage_dataset(options["path"], loss=stage.loss, seed=seed)
     return training.mbeir_train(**options, instructions=stage.instructions, epochs=stage.epochs, seed=seed)
 
 
@@ -312,6 +316,10 @@ def run_stage(
     stage = recipe.stages[index]
     folder = _stage_dir(recipe, index, stage)
     _write_record(folder, settings)
+    if stage.data["kind"] == "rerank":  # the re-ranker stage kind (issue 9)
+        from .reranker import run_rerank_stage
+
+        return run_rerank_stage(recipe, stage, init, folder, dataset)
     set_seed(recipe.seed)  # the fresh LoRA's random init must be the same in a rerun
     model = _stage_model(init, stage)
     if stage.adapter == "lora":
@@ -468,6 +476,8 @@ def train(recipe: Recipe, restart_from: str | None = None) -> Path:
     previous, temperature_from = base, None
     for item in plans:
         init = {"previous": previous, "base": base}.get(item.stage.init_from) or Path(item.stage.init_from)
+        if item.stage.init_from == "base" and item.stage.data["kind"] == "rerank":
+            init = Path(recipe.base_model)  # a re-ranker starts from the raw MLLM with its LM head, not the embedder
         if item.status == "done":
             logger.info("Stage %s is done with the same settings (%s); skipping", item.stage.name, item.folder)
         else:
