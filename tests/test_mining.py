@@ -420,3 +420,46 @@ def test_two_processes_write_the_lists_of_one_process(bench: Path, tmp_path: Pat
         parts = sorted(path.name for path in (tmp_path / "two" / "embeddings" / kind).iterdir())
         assert parts == ["part-000-of-002", "part-001-of-002"]
         assert all(list((tmp_path / "two" / "embeddings" / kind / part).glob("shard-*.npy")) for part in parts)
+
+
+# The tiny model through the command line ---------------------------------------------------------------------------
+
+
+def test_umarvel_mine_embeds_as_at_evaluation_whatever_the_saved_settings(bench: Path, tmp_path: Path) -> None:
+    import umarvel_st
+    from umarvel_st.cli import main
+    from umarvel_st.demo import DEFAULT_MODEL
+
+    model_dir = tmp_path / "model"
+    shutil.copytree(DEFAULT_MODEL, model_dir)
+    config_path = model_dir / "sentence_bert_config.json"
+    config = json.loads(config_path.read_text())
+    config.update(summarize_suffix=False, generation_prompt=False)  # as a stage-4 model is saved for training
+    config_path.write_text(json.dumps(config))
+    output = tmp_path / "lists"
+    command = ["mine", "--model", str(model_dir), "--data", str(bench), "--output", str(output), "--top-k", "5"]
+    assert main([*command, "--tasks", "mscoco_task0", "oven_task6", "--device", "cpu", "--no-progress-bar"]) == 0
+
+    lists = MinedLists(output)
+    lists.check(MBEIRData(bench), MBEIRData(bench).resolve_tasks(["mscoco_task0"], "train"), model_dir)
+    data = MBEIRData(bench)
+    candidates = {
+        hash_id(c.did, DID_BOUND): c
+        for c in data.iter_candidates(data.root / "cand_pool/global/mbeir_union_train_cand_pool.jsonl")
+    }
+    model = umarvel_st.load(model_dir, device="cpu")
+    for task in data.resolve_tasks(["mscoco_task0", "oven_task6"], "train"):
+        queries = list(data.iter_queries(task, "train"))[:2]
+        first = data.instructions_for(task.dataset_id, task.query_modality, task.candidate_modality)[0]
+        items = [data.query_item(query, first) for query in queries]
+        saved = model.encode_query(items, convert_to_numpy=True)  # the saved settings: suffix and prompt off
+        model[0].summarize_suffix = model[0].generation_prompt = True
+        evaluation = model.encode_query(items, convert_to_numpy=True)
+        for number, row in enumerate(lists.rows(task.name)[:2]):
+            for name in ("global", "local"):
+                listed = [candidates[int(did)] for did in lists.dids(name)[row]]
+                documents = model.encode_document([data.candidate_item(c) for c in listed], convert_to_numpy=True)
+                np.testing.assert_allclose(lists.scores(name)[row], documents @ evaluation[number], atol=2e-5)
+                assert not np.allclose(lists.scores(name)[row], documents @ saved[number], atol=1e-3)
+            assert all(c.modality == task.candidate_modality for c in listed)  # the local pool
+        model[0].summarize_suffix = model[0].generation_prompt = False

@@ -114,7 +114,7 @@ def _torch_shard_candidates(
     """:func:`_shard_candidates` with float32 scores computed by torch on ``device`` (with TF32 matmuls off, the default)."""
     import torch
 
-    scores = torch.from_numpy(queries).to(device) @ torch.from_numpy(shard).to(device).T  # (n, shard rows)
+    scores = torch.tensor(queries, device=device) @ torch.tensor(shard, device=device).T  # (n, shard rows)
     kth = torch.topk(scores, min(k, shard.shape[0]), dim=1).values[:, -1:]  # (n, 1)
     equal = scores == kth
     keep = (scores > kth) | (equal & (torch.cumsum(equal, dim=1) <= k))  # at most 2k - 1 entries per row
