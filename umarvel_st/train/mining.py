@@ -73,6 +73,8 @@ BLOCKS_FILE = "blocks.json"
 LIST_NAMES = ("local", "global")
 DEFAULT_TOP_K = 100
 NUM_NEGATIVES = 5
+# Queries per matrix product: bounds the (queries, shard rows) score and tie-bookkeeping memory (~1 GB at 16384 rows).
+QUERY_BATCH_SIZE = 4096
 NO_DID = -1
 # Datasets whose training candidates form one local pool: OVEN (5) and InfoSeek (6).
 SHARED_POOLS: dict[int, tuple[int, ...]] = {5: (5, 6), 6: (5, 6)}
@@ -182,7 +184,7 @@ def rank_pools(
         ``{"global": (scores, rows), "local": (scores, rows)}``, each ``(n, k)``, best first in faiss's tie order,
         padded with ``-inf`` / ``-1`` where a pool has fewer than ``k`` rows.
     """
-    batch = max(1, queries.shape[0])  # one query block per shard: the shard moves to the device once
+    batch = min(max(1, queries.shape[0]), QUERY_BATCH_SIZE)
     offsets = np.cumsum([0] + [shard.shape[0] for shard in pool_shards[:-1]]).tolist()
     found = search_shards(
         zip(offsets, pool_shards, strict=True),
@@ -791,7 +793,14 @@ def mbeir_hard_negatives(
     if num_negatives < 1 or epochs < 1:
         raise ValueError(f"num_negatives and epochs must be >= 1, got {num_negatives} and {epochs}.")
     data = MBEIRData(root)
-    mined = MinedLists(lists)
+    try:
+        mined = MinedLists(lists)
+    except ValueError as error:
+        command = f"umarvel mine --model {model or 'MODEL'} --data {root} --output {lists}"
+        raise ValueError(
+            f"Stage 4 reads hard negatives mined with the previous stage's model, and {lists} holds none yet. Run "
+            f"`{command}` (it resumes if interrupted), then run the training again."
+        ) from error
     split = mined.fingerprint["data"]["split"]
     selected = data.resolve_tasks(tasks, split)
     mined.check(data, selected, model)

@@ -14,7 +14,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-DATA_KINDS = ("nli", "captions", "mbeir", "pairs")
+DATA_KINDS = ("nli", "captions", "mbeir", "pairs", "mbeir_negatives")
 LOSSES = ("infonce", "symmetric")
 ADAPTERS = ("lora", "full")
 

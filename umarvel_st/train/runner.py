@@ -62,6 +62,10 @@ def build_dataset(stage: StageConfig, seed: int):
         return training.image_captions(**options)
     if kind == "pairs":
         return training.custom_pairs(options.pop("path"), **options)
+    if kind == "mbeir_negatives":  # stage 4: reads the lists of `umarvel mine` (see umarvel_st.train.mining)
+        from .mining import mbeir_hard_negatives
+
+        return mbeir_hard_negatives(**options, instructions=stage.instructions, epochs=stage.epochs, seed=seed)
     return training.mbeir_train(**options, instructions=stage.instructions, epochs=stage.epochs, seed=seed)
 
 
@@ -109,7 +113,7 @@ def run_stage(recipe: Recipe, index: int, init: Path, temperature_from: Path | N
         tau.load(temperature_from)
     dataset = build_dataset(stage, recipe.seed)
     # M-BEIR draws fresh positives and instructions per epoch by stacking the epochs' draws into the dataset.
-    epochs = 1 if stage.data["kind"] == "mbeir" else stage.epochs
+    epochs = 1 if stage.data["kind"] in ("mbeir", "mbeir_negatives") else stage.epochs
     checkpoints = folder / "checkpoints"
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
