@@ -262,6 +262,7 @@ def test_lists_from_another_model_or_other_data_are_refused(bench: Path, tmp_pat
         models[name] = tmp_path / name
         models[name].mkdir()
         (models[name] / "model.safetensors").write_bytes(name.encode())
+        (models[name] / "modules.json").write_text("[]")
     output = mine(
         TieEncoder(),
         bench,
@@ -287,6 +288,10 @@ def test_lists_from_another_model_or_other_data_are_refused(bench: Path, tmp_pat
         mbeir_hard_negatives(edited, output)
     with pytest.raises(ValueError, match="holds no finished mined lists.*umarvel mine"):
         MinedLists(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="Run `umarvel mine --model .*stage3 --data .* --output .*nothing`"):
+        mbeir_hard_negatives(bench, tmp_path / "nothing", model=models["stage3"])
+    with pytest.raises(ValueError, match="is not a saved model folder"):
+        mine(str(tmp_path), bench, tmp_path / "lists")
 
 
 def test_bad_pools_and_queries_raise_before_encoding(bench: Path, tmp_path: Path) -> None:

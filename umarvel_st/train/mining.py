@@ -225,12 +225,12 @@ class _Pool:
 
     def members(self, task: MBEIRTask) -> np.ndarray:
         """Sorted rows of the task's local training pool."""
-        datasets = SHARED_POOLS.get(task.dataset_id, (task.dataset_id,))
-        mask = np.isin(self.datasets, datasets) & (self.modalities == MODALITIES.index(task.candidate_modality))
-        return np.flatnonzero(mask)
+        datasets, modality = _pool_key(task)
+        return np.flatnonzero(np.isin(self.datasets, datasets) & (self.modalities == MODALITIES.index(modality)))
 
 
 def _pool_key(task: MBEIRTask) -> tuple[tuple[int, ...], str]:
+    """A local pool: (dataset ids, candidate modality)."""
     return SHARED_POOLS.get(task.dataset_id, (task.dataset_id,)), task.candidate_modality
 
 
@@ -287,6 +287,11 @@ def data_fingerprint(data: MBEIRData, tasks: Sequence[MBEIRTask], split: str) ->
 def model_fingerprint(path: str | Path) -> dict[str, Any]:
     """A saved model folder: its resolved path and the size and modification time of its weight files."""
     folder = Path(path).resolve()
+    if not (folder / "modules.json").is_file():
+        raise ValueError(
+            f"{path} is not a saved model folder (no modules.json). Pass the folder a stage wrote, e.g. "
+            "runs/<recipe>/03-instruction/model."
+        )
     weights = sorted(item for item in folder.iterdir() if item.suffix in {".safetensors", ".bin"})
     return {
         "path": str(folder),
@@ -573,8 +578,11 @@ def _mine(
         )
     )
     existing = _read_index(output)
+    blocks = output / "blocks"
     if existing is not None and existing.get("complete") and existing.get("fingerprint") == fingerprint:
         logger.info("The lists in %s are up to date.", output)
+        if world.rank == 0:
+            shutil.rmtree(blocks, ignore_errors=True)  # left behind if a run was killed right after the lists
         return output
     pool = _read_pool(data, data.pool_path(tasks[0], "global", split))
     qids, ranges = _query_rows(data, tasks, split)
@@ -596,7 +604,6 @@ def _mine(
     )
     show = show_progress_bar and world.rank == 0
 
-    blocks = output / "blocks"
     if world.rank == 0:
         output.mkdir(parents=True, exist_ok=True)
         stale = _read_index(blocks, BLOCKS_FILE) if blocks.is_dir() else None
