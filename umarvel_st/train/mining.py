@@ -444,12 +444,12 @@ def _encode_stripes(
     show_progress_bar: bool,
 ) -> None:
     """Encode this rank's shards (r, r+W, ...) of a stream of ``total`` item builders into its part store."""
-    mine = range(world.rank, math.ceil(total / shard_size), world.size)
-    rows = sum(min(shard_size, total - shard * shard_size) for shard in mine)
+    my_shards = range(world.rank, math.ceil(total / shard_size), world.size)
+    rows = sum(min(shard_size, total - shard * shard_size) for shard in my_shards)
     store = _open_part(folder, fingerprint, world.rank, world.size, shard_size)
 
     def items_from(start: int) -> Iterator[Any]:
-        wanted = set(mine[start // shard_size :])  # the store resumes after whole shards
+        wanted = set(my_shards[start // shard_size :])  # the store resumes after whole shards
         for position, build in enumerate(items()):
             if position // shard_size in wanted:
                 yield build()
@@ -658,8 +658,8 @@ def _mine(
     pool_shards = _read_stripes(
         output / "embeddings" / "pool", {**store_key, "kind": "pool"}, len(pool.dids), world.size, shard_size
     )
-    mine_blocks = range(world.rank, len(query_shards), world.size)
-    for block in tqdm(mine_blocks, desc="Searching query blocks", unit="block", disable=not show):
+    my_blocks = range(world.rank, len(query_shards), world.size)
+    for block in tqdm(my_blocks, desc="Searching query blocks", unit="block", disable=not show):
         path = blocks / f"block-{block:05d}.npz"
         if path.is_file():
             continue
