@@ -25,7 +25,7 @@ from umarvel_st.train.mining import (
     MinedLists,
     mbeir_hard_negatives,
     mine,
-    model_fingerprint,
+    model_folder_fingerprint,
     random_negatives,
     rank_pools,
     select_negatives,
@@ -267,7 +267,7 @@ def test_lists_from_another_model_or_other_data_are_refused(bench: Path, tmp_pat
         TieEncoder(),
         bench,
         tmp_path / "lists",
-        model_tag=model_fingerprint(models["stage3"]),
+        model_tag=model_folder_fingerprint(models["stage3"]),
         top_k=10,
         shard_size=64,
         show_progress_bar=False,
@@ -316,6 +316,12 @@ def test_bad_pools_and_queries_raise_before_encoding(bench: Path, tmp_path: Path
 # Stage-4 rows -------------------------------------------------------------------------------------------------------
 
 
+def row_key(item: str | dict[str, Any]) -> str:
+    """A candidate item as a stage-4 cell holds it: ``{"text", "image"}``."""
+    cell = {"text": item, "image": None} if isinstance(item, str) else {"text": None, "image": None, **item}
+    return json.dumps(cell, sort_keys=True)
+
+
 def test_stage4_rows_draw_like_mbeir_train_and_take_mined_negatives(bench: Path, tmp_path: Path) -> None:
     from umarvel_st.data.training import mbeir_train
 
@@ -329,22 +335,18 @@ def test_stage4_rows_draw_like_mbeir_train_and_take_mined_negatives(bench: Path,
 
     data = MBEIRData(bench)
     lists = MinedLists(output)
-    by_item = {
-        json.dumps(data.candidate_item(c))
-        if isinstance(data.candidate_item(c), dict)
-        else json.dumps({"text": data.candidate_item(c), "image": None}): hash_id(c.did, DID_BOUND)
-        for c in data.iter_candidates(bench / "cand_pool" / "global" / "mbeir_union_train_cand_pool.jsonl")
-    }
+    pool_file = bench / "cand_pool" / "global" / "mbeir_union_train_cand_pool.jsonl"
+    by_item = {row_key(data.candidate_item(c)): hash_id(c.did, DID_BOUND) for c in data.iter_candidates(pool_file)}
     queries = [(task, query) for task in data.tasks("train") for query in data.iter_queries(task, "train")]
     assert len(rows) == 2 * len(queries)  # every synthetic query has a positive in the pool
     mixed = mbeir_hard_negatives(bench, output, epochs=1, seed=3, negatives="mixed")
     differs = 0
     for row, (task, query) in enumerate(queries):
-        negatives = [by_item[json.dumps(rows[row][f"negative_{i}"])] for i in range(1, 6)]
+        negatives = [by_item[row_key(rows[row][f"negative_{i}"])] for i in range(1, 6)]
         positives = {hash_id(did, DID_BOUND) for did in query.pos_cand_list}
         assert negatives == select_negatives(lists.dids("global")[row], positives)
         assert not set(negatives) & positives
-        random_ones = [by_item[json.dumps(mixed[row][f"negative_{i}"])] for i in range(1, 6)]
+        random_ones = [by_item[row_key(mixed[row][f"negative_{i}"])] for i in range(1, 6)]
         if task.name in MIXED_RANDOM_TASKS:  # random draws from the task's local pool
             local = set(lists.dids("local")[row].tolist())  # the synthetic local pools hold < 100 rows here
             assert set(random_ones) <= local and not set(random_ones) & positives

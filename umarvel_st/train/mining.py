@@ -46,6 +46,7 @@ raise when read (:meth:`MinedLists.check`).
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -61,7 +62,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.mbeir import DID_BOUND, MODALITIES, QID_BOUND, MBEIRData, MBEIRTask, count_records, hash_id, unhash_id
+from ..data.mbeir import DID_BOUND, MODALITIES, QID_BOUND, MBEIRData, MBEIRTask, hash_id, unhash_id
 from ..evaluation.embeddings import DEFAULT_SHARD_SIZE, EmbeddingStore, encode_to_store
 from ..evaluation.search import search_shards
 
@@ -266,9 +267,13 @@ def _query_rows(data: MBEIRData, tasks: Sequence[MBEIRTask], split: str) -> tupl
     return np.asarray(qids, dtype=np.int64), ranges
 
 
-def _file_key(data: MBEIRData, path: Path) -> list[Any]:
-    """Relative path, size and record count: moving or copying the data keeps the key, editing a file changes it."""
-    return [str(path.relative_to(data.root)), path.stat().st_size, count_records(path)]
+def _file_key(data: MBEIRData, path: Path) -> list[str]:
+    """Relative path and SHA-256 of the content: moving or copying the data keeps the key, editing a file changes it."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return [str(path.relative_to(data.root)), digest.hexdigest()]
 
 
 def data_fingerprint(data: MBEIRData, tasks: Sequence[MBEIRTask], split: str) -> dict[str, Any]:
@@ -280,11 +285,11 @@ def data_fingerprint(data: MBEIRData, tasks: Sequence[MBEIRTask], split: str) ->
         "split": split,
         "pool": _file_key(data, pool),
         "queries": {task.name: _file_key(data, data.query_path(task, split)) for task in tasks},
-        "instructions": data.instructions_path.stat().st_size,
+        "instructions": _file_key(data, data.instructions_path)[1],
     }
 
 
-def model_fingerprint(path: str | Path) -> dict[str, Any]:
+def model_folder_fingerprint(path: str | Path) -> dict[str, Any]:
     """A saved model folder: its resolved path and the size and modification time of its weight files."""
     folder = Path(path).resolve()
     if not (folder / "modules.json").is_file():
@@ -352,7 +357,7 @@ class MinedLists:
         if expected["pool"] != stored["pool"]:
             raise ValueError(
                 f"The lists in {self.directory} were mined over pool {stored['pool']}, but the data has {expected['pool']} "
-                f"(path, bytes, records). {fix}."
+                f"(path, SHA-256). {fix}."
             )
         for task in tasks:
             if stored["queries"].get(task.name) != expected["queries"][task.name]:
@@ -360,7 +365,7 @@ class MinedLists:
                     f"The lists in {self.directory} were mined for {task.name} queries "
                     f"{stored['queries'].get(task.name)}, but the data has {expected['queries'][task.name]}. {fix}."
                 )
-        if model is not None and self.fingerprint["model"] != json.loads(json.dumps(model_fingerprint(model))):
+        if model is not None and self.fingerprint["model"] != json.loads(json.dumps(model_folder_fingerprint(model))):
             raise ValueError(
                 f"The lists in {self.directory} were mined with model {self.fingerprint['model'].get('path', '?')}, not "
                 f"{Path(model).resolve()} (or its weights changed since). {fix.replace('MODEL', str(model))}."
@@ -519,7 +524,7 @@ def mine(
     if isinstance(model, (str, os.PathLike)):
         from ..model import load
 
-        model_tag = model_fingerprint(model)
+        model_tag = model_folder_fingerprint(model)
         model = load(os.fspath(model), device=device)
     elif model_tag is None:
         raise ValueError(
@@ -862,7 +867,7 @@ def mbeir_hard_negatives(
 def _candidate(data: MBEIRData, candidate: Any) -> dict[str, Any]:
     """A candidate item with one column type for every row: text-only candidates become ``{"text", "image": None}``."""
     item = data.candidate_item(candidate)
-    return {"text": item, "image": None} if isinstance(item, str) else item
+    return {"text": item, "image": None} if isinstance(item, str) else {"text": None, "image": None, **item}
 
 
 # Command line ---------------------------------------------------------------------------------------------------------
