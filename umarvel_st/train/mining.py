@@ -74,7 +74,7 @@ BLOCKS_FILE = "blocks.json"
 LIST_NAMES = ("local", "global")
 DEFAULT_TOP_K = 100
 NUM_NEGATIVES = 5
-# Queries per matrix product: bounds the (queries, shard rows) score and tie-bookkeeping memory (~1 GB at 16384 rows).
+# Queries per CPU matrix product: bounds the (queries, shard rows) score and tie-bookkeeping memory (~1 GB).
 QUERY_BATCH_SIZE = 4096
 NO_DID = -1
 # Datasets whose training candidates form one local pool: OVEN (5) and InfoSeek (6).
@@ -185,7 +185,8 @@ def rank_pools(
         ``{"global": (scores, rows), "local": (scores, rows)}``, each ``(n, k)``, best first in faiss's tie order,
         padded with ``-inf`` / ``-1`` where a pool has fewer than ``k`` rows.
     """
-    batch = min(max(1, queries.shape[0]), QUERY_BATCH_SIZE)
+    # On a GPU the whole block at once: each pool shard crosses to the device once per search.
+    batch = queries.shape[0] if device and device.startswith("cuda") else QUERY_BATCH_SIZE
     offsets = np.cumsum([0] + [shard.shape[0] for shard in pool_shards[:-1]]).tolist()
     found = search_shards(
         zip(offsets, pool_shards, strict=True),
@@ -535,16 +536,16 @@ def mine(
         return _mine(
             model,
             model_tag,
-            Path(data_root),
+            MBEIRData(data_root),
             Path(output_dir),
-            tasks,
-            split,
-            top_k,
-            batch_size,
-            shard_size,
-            device,
-            show_progress_bar,
             world,
+            tasks=tasks,
+            split=split,
+            top_k=top_k,
+            batch_size=batch_size,
+            shard_size=shard_size,
+            device=device,
+            show_progress_bar=show_progress_bar,
         )
     finally:
         world.leave()
@@ -553,19 +554,20 @@ def mine(
 def _mine(
     model: Any,
     model_tag: dict[str, Any] | str,
-    data_root: Path,
+    data: MBEIRData,
     output: Path,
-    task_names: Sequence[str] | None,
+    world: _World,
+    *,
+    tasks: Sequence[str] | None,
     split: str,
     top_k: int,
     batch_size: int,
     shard_size: int,
     device: str | None,
     show_progress_bar: bool,
-    world: _World,
 ) -> Path:
-    data = MBEIRData(data_root)
-    tasks = data.resolve_tasks(task_names, split)
+    """:func:`mine` in this process (rank ``world.rank`` of ``world.size``)."""
+    tasks = data.resolve_tasks(tasks, split)
     fingerprint = json.loads(
         json.dumps(
             {
