@@ -111,7 +111,7 @@ def _shard_candidates(queries: np.ndarray, shard: np.ndarray, offset: int, k: in
 def _torch_shard_candidates(
     queries: np.ndarray, shard: np.ndarray, offset: int, k: int, device: str
 ) -> tuple[np.ndarray, np.ndarray]:
-    """:func:`_shard_candidates` with float32 scores computed by torch on ``device`` (with TF32 matmuls off, the default)."""
+    """The :func:`_shard_candidates` rule on float32 torch scores computed on ``device`` (TF32 off, the default)."""
     import torch
 
     scores = torch.tensor(queries, device=device) @ torch.tensor(shard, device=device).T  # (n, shard rows)

@@ -97,7 +97,7 @@ MIXED_RANDOM_TASKS = frozenset(
 NEGATIVE_PRESETS: dict[str, frozenset[str]] = {"mined": frozenset(), "mixed": MIXED_RANDOM_TASKS}
 
 
-# Negative selection ----------------------------------------------------------------------------------------------
+# Negative selection -----------------------------------------------------------------------------------------------
 
 
 def select_negatives(
@@ -141,7 +141,7 @@ def random_negatives(
     return chosen + chosen[:1] * (k - len(chosen))
 
 
-# Exact search of the two lists --------------------------------------------------------------------------------------
+# Exact search of the two lists ------------------------------------------------------------------------------------
 
 
 def _padded(scores: np.ndarray, rows: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
@@ -215,7 +215,7 @@ def rank_pools(
     return results
 
 
-# Data: the pool, the query stream, fingerprints -----------------------------------------------------------------------
+# Data: the pool, the query stream, fingerprints -------------------------------------------------------------------
 
 
 @dataclass
@@ -269,7 +269,7 @@ def _query_rows(data: MBEIRData, tasks: Sequence[MBEIRTask], split: str) -> tupl
 
 
 def _file_key(data: MBEIRData, path: Path) -> list[str]:
-    """Relative path and SHA-256 of the content: moving or copying the data keeps the key, editing a file changes it."""
+    """Relative path and SHA-256 of the content: a moved or copied file keeps its key, an edited one changes it."""
     digest = hashlib.sha256()
     with path.open("rb") as handle:
         for chunk in iter(lambda: handle.read(1 << 20), b""):
@@ -305,7 +305,7 @@ def model_folder_fingerprint(path: str | Path) -> dict[str, Any]:
     }
 
 
-# The lists on disk ----------------------------------------------------------------------------------------------------
+# The lists on disk ------------------------------------------------------------------------------------------------
 
 
 class MinedLists:
@@ -324,7 +324,8 @@ class MinedLists:
         if index is None or not index.get("complete"):
             raise ValueError(
                 f"{self.directory} holds no finished mined lists ({LISTS_FILE} is missing or incomplete). Run "
-                f"`umarvel mine --model MODEL --data DATA --output {self.directory}` first (it resumes if interrupted)."
+                f"`umarvel mine --model MODEL --data DATA --output {self.directory}` first (it resumes if "
+                "interrupted)."
             )
         self.index = index
         self.fingerprint: dict[str, Any] = index["fingerprint"]
@@ -357,8 +358,8 @@ class MinedLists:
         stored = self.fingerprint["data"]
         if expected["pool"] != stored["pool"]:
             raise ValueError(
-                f"The lists in {self.directory} were mined over pool {stored['pool']}, but the data has {expected['pool']} "
-                f"(path, SHA-256). {fix}."
+                f"The lists in {self.directory} were mined over pool {stored['pool']}, but the data has "
+                f"{expected['pool']} (path, SHA-256). {fix}."
             )
         for task in tasks:
             if stored["queries"].get(task.name) != expected["queries"][task.name]:
@@ -366,10 +367,12 @@ class MinedLists:
                     f"The lists in {self.directory} were mined for {task.name} queries "
                     f"{stored['queries'].get(task.name)}, but the data has {expected['queries'][task.name]}. {fix}."
                 )
-        if model is not None and self.fingerprint["model"] != json.loads(json.dumps(model_folder_fingerprint(model))):
+        stored_model = self.fingerprint["model"]
+        if model is not None and stored_model != json.loads(json.dumps(model_folder_fingerprint(model))):
+            name = stored_model.get("path") if isinstance(stored_model, dict) else stored_model
             raise ValueError(
-                f"The lists in {self.directory} were mined with model {self.fingerprint['model'].get('path', '?')}, not "
-                f"{Path(model).resolve()} (or its weights changed since). {fix.replace('MODEL', str(model))}."
+                f"The lists in {self.directory} were mined with model {name}, not {Path(model).resolve()} (or its "
+                f"weights changed since). {fix.replace('MODEL', str(model))}."
             )
 
 
@@ -395,7 +398,7 @@ def _write_json(path: Path, value: dict[str, Any]) -> None:
     os.replace(temporary, path)
 
 
-# Processes ------------------------------------------------------------------------------------------------------------
+# Processes --------------------------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -476,7 +479,7 @@ def _read_stripes(
     return [parts[shard % world][shard // world] for shard in range(math.ceil(total / shard_size))]
 
 
-# Mining ---------------------------------------------------------------------------------------------------------------
+# Mining -----------------------------------------------------------------------------------------------------------
 
 
 def mine(
@@ -756,7 +759,7 @@ def _force_mining_settings(model: Any) -> Callable[[], None]:
     return undo
 
 
-# Stage 4 rows ---------------------------------------------------------------------------------------------------------
+# Stage 4 rows -----------------------------------------------------------------------------------------------------
 
 
 def mbeir_hard_negatives(
@@ -861,7 +864,8 @@ def mbeir_hard_negatives(
         logger.warning("%d queries have no positive in %s and get no stage-4 row.", skipped, pool.path)
     if not records:
         raise ValueError(
-            f"No stage-4 rows: none of the queries of {[task.name for task in selected]} has a positive in {pool.path}."
+            f"No stage-4 rows: none of the queries of {[task.name for task in selected]} has a positive in "
+            f"{pool.path}."
         )
     return Dataset.from_list(records)
 
@@ -872,7 +876,7 @@ def _candidate(data: MBEIRData, candidate: Any) -> dict[str, Any]:
     return {"text": item, "image": None} if isinstance(item, str) else {"text": None, "image": None, **item}
 
 
-# Command line ---------------------------------------------------------------------------------------------------------
+# Command line -----------------------------------------------------------------------------------------------------
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
