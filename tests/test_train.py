@@ -19,6 +19,7 @@ import umarvel_st
 from umarvel_st.data.synthetic import make_synthetic_mbeir
 from umarvel_st.data.training import custom_pairs, image_captions, mbeir_train, nli_pairs
 from umarvel_st.testing import make_test_image
+from umarvel_st.train.mining import mine
 from umarvel_st.train.recipe import load_recipe, shipped_recipes
 from umarvel_st.train.runner import train
 
@@ -131,8 +132,8 @@ def test_malformed_data_files_are_refused_naming_the_file_and_line(tmp_path, nam
 def test_recipes_validate(tmp_path):
     assert {"umarvel-qwen2vl-7b", "umarvel-qwen3vl-4b", "demo", "finetune"} <= set(shipped_recipes())
     recipe = load_recipe("umarvel-qwen2vl-7b")
-    assert [stage.lora_r for stage in recipe.stages] == [64, 128, 128]
-    assert [stage.loss for stage in recipe.stages] == ["infonce", "symmetric", "infonce"]
+    assert [stage.lora_r for stage in recipe.stages] == [64, 128, 128, 128]
+    assert [stage.loss for stage in recipe.stages] == ["infonce", "symmetric", "infonce", "infonce"]
     assert recipe.stages[2].learnable_temperature and recipe.stages[2].instructions
     with pytest.raises(ValueError, match="stages.0.learning_rate: unknown stage key"):
         load_recipe("finetune", ["stages.0.learning_rate=1"])
@@ -152,11 +153,21 @@ def test_paper_recipes_run_on_tiny_backbones_and_chain_stages(data, tmp_path, re
         f"stages.0.data.path={data / 'nli.csv'}",
         f"stages.1.data.path={data / 'captions.jsonl'}",
         f"stages.2.data.root={data / 'mbeir'}",
+        f"stages.3.data.root={data / 'mbeir'}",
+        f"stages.3.data.lists={tmp_path / 'lists'}",
+        f"stages.3.data.model={tmp_path / 'run' / '03-instruction' / 'model'}",
         *TINY_OVERRIDES,
     ]
+    # Stages 1-3 train, then stage 4 asks for the lists mined with the stage-3 model; mine them and train again.
+    with pytest.raises(ValueError, match="umarvel mine --model .*03-instruction/model"):
+        train(load_recipe(recipe_name, overrides))
+    mine(tmp_path / "run" / "03-instruction" / "model", data / "mbeir", tmp_path / "lists", top_k=10, device="cpu")
     final = train(load_recipe(recipe_name, overrides))
     configs = [json.loads(path.read_text()) for path in sorted((tmp_path / "run").glob("0[1-9]-*/run_config.json"))]
-    assert [config["stage"]["name"] for config in configs] == ["text", "image-text", "instruction"]
+    assert [config["stage"]["name"] for config in configs] == ["text", "image-text", "instruction", "hard-negatives"]
+    assert not configs[3]["stage"]["summarize_suffix"] and configs[3]["stage"]["batch_size"] == 4
+    # tau is carried from stage 3 (learned there) into stage 4 (two tiny steps at lr 1.5e-5 barely move it).
+    assert abs(configs[3]["temperature"] - configs[2]["temperature"]) < 1e-4 < abs(configs[2]["temperature"] - 0.05)
     assert configs[1]["init_from"] == str(tmp_path / "run" / "01-text" / "model")
     assert configs[0]["temperature"] == pytest.approx(0.05)  # fixed
     assert abs(configs[2]["temperature"] - 0.05) > 1e-6  # learned

@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "train": ("umarvel_st.train.runner", "train a model with a staged recipe (YAML)"),
     "convert": ("umarvel_st.hub.convert", "convert an official U-MARVEL checkpoint into an umarvel-st model"),
     "publish": ("umarvel_st.hub.publish", "write (and push) a Hub repository for a model, with its model card"),
+    "mine": ("umarvel_st.train.mining", "mine ranked lists of the training pools with a model (hard negatives)"),
 }
 
 

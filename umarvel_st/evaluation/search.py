@@ -15,6 +15,9 @@ Rows where faiss's own top-(k+1) shows a tie across the k-th place are re-scored
 
 Scores are float32 inner products as BLAS computes them; across different code paths the last bit can differ,
 which can only swap candidates whose scores differ in the last bit.
+
+With ``device`` (e.g. ``"cuda"``), each shard's scores are one float32 torch matrix product on that device instead of
+a faiss call, and the per-shard candidates follow the same rule, so the merge and the tie order are unchanged.
 """
 
 from __future__ import annotations
@@ -105,6 +108,25 @@ def _shard_candidates(queries: np.ndarray, shard: np.ndarray, offset: int, k: in
     return values, np.where(ids >= 0, ids + offset, _NO_ID)
 
 
+def _torch_shard_candidates(
+    queries: np.ndarray, shard: np.ndarray, offset: int, k: int, device: str
+) -> tuple[np.ndarray, np.ndarray]:
+    """The :func:`_shard_candidates` rule on float32 torch scores computed on ``device`` (TF32 off, the default)."""
+    import torch
+
+    scores = torch.tensor(queries, device=device) @ torch.tensor(shard, device=device).T  # (n, shard rows)
+    kth = torch.topk(scores, min(k, shard.shape[0]), dim=1).values[:, -1:]  # (n, 1)
+    equal = scores == kth
+    keep = (scores > kth) | (equal & (torch.cumsum(equal, dim=1) <= k))  # at most 2k - 1 entries per row
+    row, column = torch.nonzero(keep, as_tuple=True)
+    slot = (torch.cumsum(keep, dim=1) - 1)[row, column]
+    values = torch.full((queries.shape[0], 2 * k), -torch.inf, device=device)
+    ids = torch.full((queries.shape[0], 2 * k), _NO_ID, dtype=torch.int64, device=device)
+    values[row, slot] = scores[row, column]
+    ids[row, slot] = column + offset
+    return values.cpu().numpy(), ids.cpu().numpy()
+
+
 def search_shards(
     shards: Iterable[tuple[int, np.ndarray]],
     query_sets: Sequence[tuple[np.ndarray, int]],
@@ -112,6 +134,7 @@ def search_shards(
     query_batch_size: int = 1024,
     total_rows: int | None = None,
     show_progress_bar: bool = True,
+    device: str | None = None,
 ) -> list[tuple[np.ndarray, np.ndarray]]:
     """Exact inner-product top-k of several query sets over one sharded database, in faiss's order.
 
@@ -124,6 +147,7 @@ def search_shards(
         query_batch_size: Queries per faiss call (bounds the temporary score memory).
         total_rows: Database size, for the progress bar.
         show_progress_bar: Show progress over database rows.
+        device: Compute the scores with torch on this device (``"cuda"``); ``None`` uses faiss on the CPU.
 
     Returns:
         Per query set, ``(scores (n, k'), row ids (n, k'))`` best first, with ``k' = min(k, database rows)``;
@@ -150,7 +174,10 @@ def search_shards(
                 merged = []
                 for start in range(0, queries.shape[0], query_batch_size):
                     block = queries[start : start + query_batch_size]
-                    values, ids = _shard_candidates(block, shard, offset, k)
+                    if device is None:
+                        values, ids = _shard_candidates(block, shard, offset, k)
+                    else:
+                        values, ids = _torch_shard_candidates(block, shard, offset, k, device)
                     if states[index] is not None:
                         previous_values, previous_ids = states[index]
                         stop = start + block.shape[0]

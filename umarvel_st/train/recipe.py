@@ -30,7 +30,7 @@ import yaml
 from ..data.mbeir import POOLS, SPLITS
 from ..modeling.inputs import MIN_PIXELS
 
-DATA_KINDS = ("nli", "captions", "mbeir", "pairs", "rerank")
+DATA_KINDS = ("nli", "captions", "mbeir", "pairs", "rerank", "mbeir_negatives")
 LOSSES = ("infonce", "symmetric")
 RERANK_LOSSES = ("pointwise", "bce")  # the `rerank` stage kind (issue 9): see umarvel_st.train.reranker
 ADAPTERS = ("lora", "full")
@@ -40,7 +40,16 @@ DATA_OPTIONS: dict[str, dict[str, tuple[Any, bool]]] = {
     "captions": {"path": (str, True), "image_root": (str, False)},
     "pairs": {"path": (str, True), "image_root": (str, False)},
     "mbeir": {"root": (str, True), "tasks": (list[str], False), "max_queries_per_task": (int, False)},
-    "rerank": {"path": (str, True)},  # a JSON object of build_rerank_dataset's arguments (umarvel_st.train.reranker)
+    "rerank": {"path": (str, True)},
+    "mbeir_negatives": {  # stage 4 (umarvel_st.train.mining.mbeir_hard_negatives)
+        "root": (str, True),
+        "lists": (str, True),
+        "model": (str, False),
+        "negatives": (str, False),
+        "tasks": (list[str], False),
+        "max_queries_per_task": (int, False),
+        "num_negatives": (int, False),
+    },  # a JSON object of build_rerank_dataset's arguments (umarvel_st.train.reranker)
 }
 # Options of the evaluate block (MBEIREvaluator arguments): name -> (type, required).
 EVALUATE_OPTIONS: dict[str, tuple[Any, bool]] = {

@@ -232,6 +232,10 @@ def build_dataset(stage: StageConfig, seed: int):
         from .reranker import rerank_stage_dataset
 
         return rerank_stage_dataset(options["path"], loss=stage.loss, seed=seed)
+    if kind == "mbeir_negatives":  # stage 4: reads the lists of `umarvel mine` (see umarvel_st.train.mining)
+        from .mining import mbeir_hard_negatives
+
+        return mbeir_hard_negatives(**options, instructions=stage.instructions, epochs=stage.epochs, seed=seed)
     return training.mbeir_train(**options, instructions=stage.instructions, epochs=stage.epochs, seed=seed)
 
 
@@ -331,7 +335,7 @@ def run_stage(
     if stage.carry_temperature and temperature_from is not None:
         tau.load(temperature_from)
     # M-BEIR draws fresh positives and instructions per epoch by stacking the epochs' draws into the dataset.
-    epochs = 1 if stage.data["kind"] == "mbeir" else stage.epochs
+    epochs = 1 if stage.data["kind"] in ("mbeir", "mbeir_negatives") else stage.epochs
     checkpoints = folder / "checkpoints"
     args = SentenceTransformerTrainingArguments(
         output_dir=str(checkpoints),
@@ -413,12 +417,26 @@ def build_evaluator(options: dict[str, Any]) -> Any:
     )
 
 
+# Data kinds whose input is made from an earlier stage's model (stage 4 reads lists mined with the stage-3 model).
+MADE_BY_EARLIER_STAGES = ("mbeir_negatives",)
+
+
+def _stage_dataset(item: StagePlan, seed: int) -> Any:
+    """:func:`build_dataset` for a planned stage, its errors naming the stage."""
+    try:
+        return build_dataset(item.stage, seed)
+    except (ValueError, TypeError) as error:
+        kind = TypeError if isinstance(error, TypeError) else ValueError
+        raise kind(f"Stage {item.stage.name!r} (stages.{item.index}.data): {error}") from None
+
+
 def check_inputs(recipe: Recipe, plans: list[StagePlan]) -> tuple[dict[int, Any], Any]:
     """Check, before anything trains, what the pending stages will read; build their data and the evaluator.
 
     Returns:
-        The training datasets by stage index (pending stages only) and the evaluator (``None`` without an
-        ``evaluate`` block or with nothing to train).
+        The training datasets by stage index (pending stages, except those whose input an earlier pending stage
+        makes: see :data:`MADE_BY_EARLIER_STAGES`) and the evaluator (``None`` without an ``evaluate`` block or with
+        nothing to train).
 
     Raises:
         ValueError: For a missing DeepSpeed config, bad training data (naming the stage, file and row) or a bad
@@ -428,12 +446,10 @@ def check_inputs(recipe: Recipe, plans: list[StagePlan]) -> tuple[dict[int, Any]
         raise ValueError(f"deepspeed: no file {recipe.deepspeed!r}; point it at a DeepSpeed JSON config.")
     pending = [item for item in plans if item.status != "done"]
     datasets = {}
-    for item in pending:
-        try:
-            datasets[item.index] = build_dataset(item.stage, recipe.seed)
-        except (ValueError, TypeError) as error:
-            kind = TypeError if isinstance(error, TypeError) else ValueError
-            raise kind(f"Stage {item.stage.name!r} (stages.{item.index}.data): {error}") from None
+    for position, item in enumerate(pending):
+        if position > 0 and item.stage.data["kind"] in MADE_BY_EARLIER_STAGES:
+            continue  # its input is made from an earlier stage's model: built when the stage starts
+        datasets[item.index] = _stage_dataset(item, recipe.seed)
     evaluator = None
     if recipe.evaluate is not None and pending:
         try:
@@ -487,7 +503,7 @@ def train(recipe: Recipe, restart_from: str | None = None) -> Path:
                 item.index,
                 init,
                 temperature_from,
-                dataset=datasets[item.index],
+                dataset=datasets[item.index] if item.index in datasets else _stage_dataset(item, recipe.seed),
                 settings=item.settings,
                 evaluator=evaluator,
             )
