@@ -303,11 +303,11 @@ class MBEIREvaluator(SentenceEvaluator):
                 "encode_queries": round(encoded - started, 3),
                 "encode_pools": round(pools_encoded - encoded, 3),
                 "search": round(searched - pools_encoded, 3),
-                "rerank": round(reranked_at - searched, 3),
                 "score": round(time.perf_counter() - reranked_at, 3),
             },
         }
         if self.reranker is not None:
+            results["seconds"]["rerank"] = round(reranked_at - searched, 3)
             results["rerank"] = {
                 "reranker": self.reranker_name,
                 "top": self.rerank_top,
