@@ -282,7 +282,7 @@ class MBEIREvaluator(SentenceEvaluator):
                 continue
             name = task.name
             _, ids = pools[self.data.pool_path(task, self.pool, self.split)]
-            row = self._score(task, qids[name], positives[name], reranked[name], ids)
+            row = self._score(task, qids[name], positives[name], reranked[name], ids, warn=False)
             k = row["k"]
             task_results[name]["rerank"] = {key: row[key] for key in ("score", f"hit@{k}", f"recall@{k}", f"map@{k}")}
         scores = [row["score"] for row in task_results.values()]
@@ -517,12 +517,13 @@ class MBEIREvaluator(SentenceEvaluator):
         positives: dict[str, list[str]],
         rankings: np.ndarray,
         pool_ids: np.ndarray,
+        warn: bool = True,
     ) -> dict[str, Any]:
         relevant = [[hash_id(did, DID_BOUND) for did in positives[qid]] for qid in qids]
         in_pool = [np.isin(np.asarray(r, dtype=np.int64), pool_ids) for r in relevant]
         missing = int(sum(int((~mask).sum()) for mask in in_pool))
         unreachable = sum(1 for mask in in_pool if not mask.any())
-        if missing:
+        if missing and warn:  # once per task, not again for the re-ranked list
             logger.warning(
                 "%s: %d qrels positives are not in the searched pool (%d queries have none in it); they count as misses.",
                 task.name,
