@@ -326,3 +326,135 @@ def test_eval_loads_a_saved_model_by_hub_id_with_its_options(
     assert load_model(str(base), "cpu")[0].summarize_suffix is True  # a Qwen-VL checkpoint: from_mllm defaults
     with pytest.raises(ValueError, match="not an existing folder and not a Hub id"):
         load_model(str(tmp_path / "no" / "such" / "model"))
+
+
+# U-MARVEL+ (recall then re-rank) ------------------------------------------------------------------------------
+
+
+class BlindEncoder(OracleEncoder):
+    """Candidates as the oracle encodes them, queries as seeded random directions: retrieval near chance."""
+
+    def encode_query(self, items: list[dict[str, Any]], **kwargs: Any) -> np.ndarray:
+        self.queries.extend(items)
+        vectors = np.stack(
+            [np.random.default_rng(sum(map(ord, str(_key(item))))).normal(size=self.dim) for item in items]
+        )
+        return (vectors / np.linalg.norm(vectors, axis=1, keepdims=True)).astype(np.float32)
+
+
+class OracleReranker:
+    """P(Yes) = 1 for a query's qrels positives, else 0; records its pairs; can stop at a given ``predict`` call."""
+
+    def __init__(self, oracle: OracleEncoder, interrupt_call: int | None = None) -> None:
+        self.oracle = oracle
+        self.dids = {row: did for did, row in oracle.did_row.items()}
+        self.pairs: list[tuple[Any, Any]] = []
+        self.calls = 0
+        self.interrupt_call = interrupt_call
+
+    def predict(self, pairs: list[tuple[Any, Any]], **kwargs: Any) -> np.ndarray:
+        self.calls += 1
+        if self.calls == self.interrupt_call:
+            raise KeyboardInterrupt("simulated interruption")
+        self.pairs.extend(pairs)
+        scores = [
+            float(self.dids[self.oracle.index[_key(candidate)]] in self.oracle.positives[_key(query)])
+            for query, candidate in pairs
+        ]
+        return np.asarray(scores, dtype=np.float32)
+
+
+@pytest.mark.parametrize("pool", ["local", "global"])
+def test_rerank_lifts_the_positives_of_the_top_n(bench: Path, tmp_path: Path, pool: str) -> None:
+    blind = BlindEncoder(bench)
+    reranker = OracleReranker(blind)
+    tasks = ["mscoco_task0", "cirr_task7", "oven_task6"]
+    evaluator = MBEIREvaluator(
+        bench, tasks, pool=pool, show_progress_bar=False, reranker=reranker, rerank_top=400, rerank_weight=3.0
+    )
+    results = evaluator.evaluate(blind)
+    assert results["rerank"] == {"reranker": "OracleReranker", "top": 400, "weight": 3.0, "average": 1.0}
+    assert results["average"] < 0.9  # retrieval alone is near chance, reported beside
+    plain = MBEIREvaluator(bench, tasks, pool=pool, show_progress_bar=False).evaluate(BlindEncoder(bench))
+    assert {t: row["score"] for t, row in plain["tasks"].items()} == {
+        t: row["score"] for t, row in results["tasks"].items()
+    }
+    # the re-ranker saw each query with its instruction (the re-ranker module renders instruction + " " + text)
+    assert all(query["instruction"] for query, _ in reranker.pairs)
+    pool_sizes = {t: row["pool_size"] for t, row in results["tasks"].items()}
+    assert len(reranker.pairs) == sum(6 * min(400, size) for size in pool_sizes.values())
+    metrics = MBEIREvaluator(bench, tasks, show_progress_bar=False, reranker=reranker, rerank_top=5)(blind)
+    assert {"mbeir_rerank_average", "mbeir_cirr_task7_rerank_hit@5", "mbeir_average"} <= set(metrics)
+
+
+def test_rerank_top_n_bounds_what_the_reranker_can_fix(bench: Path) -> None:
+    blind = BlindEncoder(bench)
+    tasks = ["mscoco_task0", "oven_task6"]
+    common = {"show_progress_bar": False, "rerank_weight": 3.0}
+    one = MBEIREvaluator(bench, tasks, reranker=OracleReranker(blind), rerank_top=1, **common).evaluate(blind)
+    # top 1 re-ranked: the list order is unchanged, so the re-ranked scores are the retrieval scores
+    assert {t: row["rerank"]["score"] for t, row in one["tasks"].items()} == {
+        t: row["score"] for t, row in one["tasks"].items()
+    }
+
+
+def test_rerank_scores_are_cached_and_resume(bench: Path, tmp_path: Path) -> None:
+    blind = BlindEncoder(bench)
+    options = {"show_progress_bar": False, "cache_dir": tmp_path / "cache", "rerank_top": 20}
+    tasks = ["mscoco_task0", "cirr_task7"]
+    stopped = OracleReranker(blind, interrupt_call=8)  # one predict call per query: stops in the second task
+    with pytest.raises(KeyboardInterrupt):
+        MBEIREvaluator(bench, tasks, reranker=stopped, **options).evaluate(blind)
+    resumed = OracleReranker(blind)
+    first = MBEIREvaluator(bench, tasks, reranker=resumed, **options).evaluate(blind)
+    assert resumed.calls == 6  # the first task's 6 queries were cached; only the second task is scored again
+    again = OracleReranker(blind)
+    second = MBEIREvaluator(bench, tasks, reranker=again, rerank_weight=0.5, **options).evaluate(blind)
+    assert again.calls == 0  # another weight reuses the cached P(Yes)
+    fresh = MBEIREvaluator(bench, tasks, reranker=OracleReranker(blind), show_progress_bar=False, rerank_top=20)
+    assert first["tasks"] == fresh.evaluate(blind)["tasks"]  # resumed = uninterrupted
+    assert second["rerank"]["weight"] == 0.5
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"rerank_top": 0}, "rerank_top must be an integer >= 1"),
+        ({"rerank_weight": float("nan")}, "weight must be a finite number"),
+        ({"reranker": "umarvel_st/assets/umarvel-demo"}, "not a U-MARVEL re-ranker"),
+    ],
+)
+def test_bad_rerank_settings_are_refused_before_work(bench: Path, options: dict[str, Any], message: str) -> None:
+    options = {"reranker": OracleReranker(OracleEncoder(bench)), **options}
+    if isinstance(options["reranker"], str):
+        options["reranker"] = str(Path(__file__).parents[1] / options["reranker"])
+    with pytest.raises(ValueError, match=message):
+        MBEIREvaluator(bench, ["mscoco_task0"], **options)
+
+
+def test_rerank_report_shows_retrieval_and_reranked_side_by_side(bench: Path, tmp_path: Path) -> None:
+    blind = BlindEncoder(bench)
+    evaluator = MBEIREvaluator(bench, show_progress_bar=False, reranker=OracleReranker(blind), rerank_weight=3.0)
+    paths = write_report(evaluator.evaluate(blind, model_tag="blind"), tmp_path)
+    markdown = paths["markdown"].read_text()
+    assert "| U-MARVEL+ (Qwen2-VL-7B) (published) |" in markdown and "| 64.8 |" in markdown
+    assert "| **ours + re-rank** | 100.0 |" in markdown
+    assert "| mscoco_task0 | 5 |" in markdown and "re-ranked hit@k" in markdown
+    assert "cos + 3 * P(Yes)" in markdown
+    with Image.open(paths["png"]) as image:
+        assert image.format == "PNG"
+
+
+def test_cli_rerank_on_the_tiny_models(bench: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assets = Path(__file__).parents[1] / "umarvel_st" / "assets"
+    args = ["eval", "mbeir", "--model", str(assets / "umarvel-demo"), "--data", str(bench), "--tasks", "cirr_task7"]
+    args += ["--output", str(tmp_path / "out"), "--device", "cpu", "--batch-size", "8", "--no-progress-bar"]
+    args += ["--rerank", str(assets / "tiny-rerank-qwen2vl"), "--rerank-top", "4", "--rerank-weight", "0.5"]
+    assert main(args) == 0
+    assert "re-ranked" in capsys.readouterr().out
+    results = json.loads((tmp_path / "out/results.json").read_text())
+    assert results["rerank"]["top"] == 4 and 0.0 <= results["tasks"]["cirr_task7"]["rerank"]["score"] <= 1.0
+    assert "--rerank-top 4 --rerank-weight 0.5" in results["command"]
+    assert "| **ours + re-rank** |" in (tmp_path / "out/report.md").read_text()
+    with pytest.raises(ValueError, match="not a U-MARVEL re-ranker"):
+        main([*args[:-6], "--rerank", str(assets / "umarvel-demo")])

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from .hub.publish import publish
     from .model import from_mllm, load, open_model
     from .reranker import load_reranker, reranker_from_mllm
+    from .retrieve import retrieve_and_rerank
 
 # public name -> the module that defines it
 _EXPORTS = {
@@ -22,9 +23,10 @@ _EXPORTS = {
     "publish": ".hub.publish",
     "reranker_from_mllm": ".reranker",
     "load_reranker": ".reranker",
+    "retrieve_and_rerank": ".retrieve",
 }
 
-__all__ = ["from_mllm", "load", "load_reranker", "open_model", "publish", "reranker_from_mllm"]
+__all__ = ["from_mllm", "load", "load_reranker", "open_model", "publish", "reranker_from_mllm", "retrieve_and_rerank"]
 __version__ = "0.1.0"
 
 

@@ -17,6 +17,15 @@ made it: it is keyed by the content of the query, pool and instruction files and
 and prompts (:mod:`umarvel_st.evaluation.fingerprint`); anything else is encoded again. Image files are not
 hashed: an image replaced under the same path needs a fresh cache folder.
 
+U-MARVEL+ (``reranker=...``): each query's top ``rerank_top`` (50) of the same exact search are scored by the
+re-ranker, P(Yes) of (query with its instruction, candidate), and re-sorted by ``cos + rerank_weight * P(Yes)`` with
+each candidate's own cosine (:func:`umarvel_st.retrieve.fuse`; the official global-pool code pairs them with a
+reversed list, which is not copied). Candidates searched below the top N (the fashion tasks search 50) follow in
+retrieval order. The retrieval scores are computed as without re-ranking (a search of the task's own depth) and
+reported beside the re-ranked ones. P(Yes) goes to a cache like the embeddings (resumable, one row of N scores per
+query, keyed by the query and pool files, the instructions, the embedder, the re-ranker and N; the weight is not
+part of it, so trying another weight rescores nothing).
+
 Bad input: a query without any positive in the qrels raises (UniIR fails on it too); qrels positives that are not
 in the searched pool are counted (``missing_positives``) and logged, and can never be hit; a pool with a repeated
 did raises; an empty query or pool file, a missing instruction file or phrasing, malformed lines, unknown task
@@ -25,7 +34,9 @@ names and missing images raise with the file, line or value named, before anythi
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import json
 import logging
 import os
 import tempfile
@@ -37,6 +48,7 @@ from typing import Any
 
 import numpy as np
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
+from tqdm.auto import tqdm
 
 from ..data.mbeir import (
     DEFAULT_INSTRUCTION_SEED,
@@ -50,12 +62,23 @@ from ..data.mbeir import (
     unhash_id,
 )
 from ..data.synthetic import MARKER_FILE
+from ..retrieve import (
+    DEFAULT_RERANK_TOP,
+    DEFAULT_RERANK_WEIGHT,
+    check_rerank_settings,
+    fuse,
+    open_reranker,
+    score_pairs,
+)
 from .embeddings import DEFAULT_SHARD_SIZE, EmbeddingStore, encode_to_store
 from .fingerprint import model_fingerprint
 from .ranking import mean_metric
 from .search import search_shards
 
 logger = logging.getLogger(__name__)
+
+#: Queries per file of the re-ranker score cache (the resume granularity of re-ranking).
+RERANK_SHARD_QUERIES = 64
 
 
 def chance_hit_at_k(pool_size: int, positives: int, k: int) -> float:
@@ -85,6 +108,11 @@ class MBEIREvaluator(SentenceEvaluator):
             "cuda:1"]`` or ``["cpu", "cpu"]``); ``None`` encodes in this process.
         name: Prefix of the metric names returned to the trainer.
         write_csv: Append the scores to a CSV in ``output_path`` when called by a trainer.
+        reranker: U-MARVEL+: a re-ranker (model, folder or Hub id, see :func:`umarvel_st.retrieve.open_reranker`)
+            that re-ranks each query's top ``rerank_top``; ``None`` (default) reports retrieval only.
+        rerank_top: Retrieved candidates re-ranked per query (50 in the paper).
+        rerank_weight: Weight of P(Yes) in the final score ``cos + weight * P(Yes)`` (0.1 in the paper).
+        reranker_tag: Name of the re-ranker in the results (default: its path, or its class name).
 
     Example:
         >>> evaluator = MBEIREvaluator("mbeir_data", tasks=["mscoco_task0", "cirr_task7"])  # doctest: +SKIP
@@ -106,10 +134,15 @@ class MBEIREvaluator(SentenceEvaluator):
         devices: Sequence[str] | None = None,
         name: str = "mbeir",
         write_csv: bool = True,
+        reranker: Any = None,
+        rerank_top: int = DEFAULT_RERANK_TOP,
+        rerank_weight: float = DEFAULT_RERANK_WEIGHT,
+        reranker_tag: str | None = None,
     ) -> None:
         super().__init__()
         if pool not in POOLS:
             raise ValueError(f"Unknown pool {pool!r}; use one of {list(POOLS)}.")
+        check_rerank_settings(rerank_top, rerank_weight)
         self.data = MBEIRData(data_root)
         self.tasks = self.data.resolve_tasks(tasks, split)
         self.split = split
@@ -122,6 +155,12 @@ class MBEIREvaluator(SentenceEvaluator):
         self.devices = list(devices) if devices else None
         self.name = name
         self.write_csv = write_csv
+        if reranker_tag is None and reranker is not None:
+            reranker_tag = str(reranker) if isinstance(reranker, (str, os.PathLike)) else type(reranker).__name__
+        self.reranker_name = reranker_tag
+        self.reranker = None if reranker is None else open_reranker(reranker)
+        self.rerank_top = int(rerank_top)
+        self.rerank_weight = float(rerank_weight)
         self.primary_metric = "average"
         self.csv_file = f"mbeir_evaluation_{name}_{split}_{pool}_results.csv"
 
@@ -132,6 +171,10 @@ class MBEIREvaluator(SentenceEvaluator):
         results = self.evaluate(model)
         metrics = {f"{task}_hit@{row['k']}": row["score"] for task, row in results["tasks"].items()}
         metrics["average"] = results["average"]
+        if "rerank" in results:
+            for task, row in results["tasks"].items():
+                metrics[f"{task}_rerank_hit@{row['k']}"] = row["rerank"]["score"]
+            metrics["rerank_average"] = results["rerank"]["average"]
         if output_path is not None and self.write_csv:
             os.makedirs(output_path, exist_ok=True)
             csv_path = Path(output_path) / self.csv_file
@@ -146,7 +189,10 @@ class MBEIREvaluator(SentenceEvaluator):
 
     def get_config_dict(self) -> dict[str, Any]:
         """Settings recorded in the model card."""
-        return {"split": self.split, "pool": self.pool, "tasks": [task.name for task in self.tasks]}
+        config = {"split": self.split, "pool": self.pool, "tasks": [task.name for task in self.tasks]}
+        if self.reranker is not None:
+            config.update(reranker=self.reranker_name, rerank_top=self.rerank_top, rerank_weight=self.rerank_weight)
+        return config
 
     # The evaluation --------------------------------------------------------------------------------------------
 
@@ -158,7 +204,9 @@ class MBEIREvaluator(SentenceEvaluator):
             model_tag: Name of the model, kept in the results.
 
         Returns:
-            ``{"tasks": {task: {...scores, sizes...}}, "average": ..., ...settings}``; scores are fractions.
+            ``{"tasks": {task: {...scores, sizes...}}, "average": ..., ...settings}``; scores are fractions. With a
+            re-ranker each task also holds ``"rerank": {"score", "hit@k", "recall@k", "map@k"}`` and the results
+            ``"rerank": {"reranker", "top", "weight", "average"}``.
         """
         if self.cache_dir is None:
             with tempfile.TemporaryDirectory(prefix="mbeir-embeddings-") as folder:
@@ -203,18 +251,25 @@ class MBEIREvaluator(SentenceEvaluator):
         pools_encoded = time.perf_counter()
 
         rankings: dict[str, np.ndarray] = {}
+        recalled: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # task -> (cosines, rows) to re-rank
         for path, (store, ids) in pools.items():
             tasks = [task for task in self.tasks if self.data.pool_path(task, self.pool, self.split) == path]
             query_sets = [(query_stores[task.name].load(), task.search_depth) for task in tasks]
+            if self.reranker is not None:
+                query_sets += [(queries, max(depth, self.rerank_top)) for queries, depth in query_sets]
             found = search_shards(
                 store.iter_shards(),
                 query_sets,
                 total_rows=len(ids),
                 show_progress_bar=self.show_progress_bar,
             )
-            for task, (_, rows) in zip(tasks, found, strict=True):
+            for task, (_, rows) in zip(tasks, found[: len(tasks)], strict=True):
                 rankings[task.name] = ids[rows]
+            for task, result in zip(tasks, found[len(tasks) :], strict=False):  # the re-rank depth, if any
+                recalled[task.name] = result
         searched = time.perf_counter()
+        reranked = self._rerank(recalled, pools, cache, fingerprint) if self.reranker is not None else {}
+        reranked_at = time.perf_counter()
 
         task_results = {}
         for task in self.tasks:
@@ -222,8 +277,16 @@ class MBEIREvaluator(SentenceEvaluator):
             task_results[task.name] = self._score(
                 task, qids[task.name], positives[task.name], rankings[task.name], ids
             )
+        for task in self.tasks:
+            if task.name not in reranked:
+                continue
+            name = task.name
+            _, ids = pools[self.data.pool_path(task, self.pool, self.split)]
+            row = self._score(task, qids[name], positives[name], reranked[name], ids, warn=False)
+            k = row["k"]
+            task_results[name]["rerank"] = {key: row[key] for key in ("score", f"hit@{k}", f"recall@{k}", f"map@{k}")}
         scores = [row["score"] for row in task_results.values()]
-        return {
+        results = {
             "benchmark": "M-BEIR",
             "data_root": str(self.data.root),
             "synthetic": (self.data.root / MARKER_FILE).is_file(),
@@ -240,9 +303,99 @@ class MBEIREvaluator(SentenceEvaluator):
                 "encode_queries": round(encoded - started, 3),
                 "encode_pools": round(pools_encoded - encoded, 3),
                 "search": round(searched - pools_encoded, 3),
-                "score": round(time.perf_counter() - searched, 3),
+                "score": round(time.perf_counter() - reranked_at, 3),
             },
         }
+        if self.reranker is not None:
+            results["seconds"]["rerank"] = round(reranked_at - searched, 3)
+            results["rerank"] = {
+                "reranker": self.reranker_name,
+                "top": self.rerank_top,
+                "weight": self.rerank_weight,
+                "average": float(np.mean([row["rerank"]["score"] for row in task_results.values()])),
+            }
+        return results
+
+    def _rerank(
+        self,
+        recalled: dict[str, tuple[np.ndarray, np.ndarray]],
+        pools: dict[Path, tuple[EmbeddingStore, np.ndarray]],
+        cache: Path,
+        model_description: dict[str, Any] | None,
+    ) -> dict[str, np.ndarray]:
+        """Per task, the re-ranked candidate ids ``(queries, depth)``: the fused top N, then the rest of the
+        retrieved list."""
+        reranker_description = None if model_description is None else model_fingerprint(self.reranker)
+        key = hashlib.sha1(json.dumps(reranker_description, sort_keys=True).encode()).hexdigest()[:12]
+        by_name = {task.name: task for task in self.tasks}
+        rankings = {}
+        for path, (_, ids) in pools.items():
+            tasks = [name for name in recalled if self.data.pool_path(by_name[name], self.pool, self.split) == path]
+            if not tasks:
+                continue
+            width = {name: min(self.rerank_top, recalled[name][1].shape[1]) for name in tasks}
+            needed = set(
+                itertools.chain.from_iterable(recalled[name][1][:, : width[name]].ravel().tolist() for name in tasks)
+            )
+            # Only the candidates some query re-ranks are kept in memory (at most queries x N).
+            items = {
+                row: self.data.candidate_item(candidate)
+                for row, candidate in enumerate(self.data.iter_candidates(path))
+                if row in needed
+            }
+            for name in tasks:
+                task = by_name[name]
+                cosines, rows = recalled[name]
+                n = width[name]
+                fingerprint = {
+                    "kind": "rerank",
+                    "queries": describe_file(self.data.query_path(task, self.split)),
+                    "pool": {"file": str(path.relative_to(self.data.root)), "data": describe_file(path)},
+                    "instructions": describe_file(self.data.instructions_path),
+                    "instruction_seed": self.instruction_seed,
+                    "embedder": model_description,
+                    "reranker": reranker_description,
+                    "rerank_top": n,
+                }
+                store = EmbeddingStore(
+                    cache / f"rerank-{self.split}-{self.pool}-{name}-{key}", fingerprint, RERANK_SHARD_QUERIES
+                )
+                queries = [
+                    self.data.query_item(query, self.data.eval_instruction(query, task, self.instruction_seed))
+                    for query in self.data.iter_queries(task, self.split)
+                ]
+                missing = store.check_rows(len(queries))
+                if not store.complete:
+                    with tqdm(
+                        total=len(queries),
+                        initial=store.num_rows,
+                        desc=f"Re-ranking {name}",
+                        unit="query",
+                        disable=not self.show_progress_bar,
+                    ) as bar:
+                        for index in missing:
+                            start = index * RERANK_SHARD_QUERIES
+                            block = range(start, min(start + RERANK_SHARD_QUERIES, len(queries)))
+                            scores = []
+                            for i in block:
+                                scores.append(
+                                    score_pairs(
+                                        self.reranker,
+                                        queries[i],
+                                        [items[int(r)] for r in rows[i, :n]],
+                                        self.batch_size,
+                                    )
+                                )
+                                bar.update(1)
+                            store.write(index, np.stack(scores))
+                    store.mark_complete()
+                p_yes = store.load()
+                ranked = np.empty_like(rows)
+                for i in range(len(queries)):
+                    order, _ = fuse(cosines[i, :n], p_yes[i], self.rerank_weight)
+                    ranked[i] = np.concatenate([rows[i, :n][order], rows[i, n:]])
+                rankings[name] = ids[ranked]
+        return rankings
 
     def _query_ids(self, task: MBEIRTask, positives: dict[str, list[str]]) -> list[str]:
         """The task's qids, checked to be unique, to have positives, an instruction and their images (before
@@ -364,12 +517,13 @@ class MBEIREvaluator(SentenceEvaluator):
         positives: dict[str, list[str]],
         rankings: np.ndarray,
         pool_ids: np.ndarray,
+        warn: bool = True,
     ) -> dict[str, Any]:
         relevant = [[hash_id(did, DID_BOUND) for did in positives[qid]] for qid in qids]
         in_pool = [np.isin(np.asarray(r, dtype=np.int64), pool_ids) for r in relevant]
         missing = int(sum(int((~mask).sum()) for mask in in_pool))
         unreachable = sum(1 for mask in in_pool if not mask.any())
-        if missing:
+        if missing and warn:  # once per task, not again for the re-ranked list
             logger.warning(
                 "%s: %d qrels positives are not in the searched pool (%d queries have none in it); they count as misses.",
                 task.name,

@@ -59,6 +59,12 @@ def markdown_report(results: dict[str, Any], command: str | None = None) -> str:
         lines.append(
             f"- our average is over the {results['num_tasks']} tasks evaluated; published averages are over all 16"
         )
+    rerank = results.get("rerank")
+    if rerank:
+        lines.append(
+            f"- U-MARVEL+: re-ranker `{rerank['reranker']}` re-ranks each query's top {rerank['top']}, final score = "
+            f"cos + {rerank['weight']:g} * P(Yes) with each candidate's own cosine; the rest follow in retrieval order"
+        )
     if command:
         lines += ["", "Command:", "", "```", command, "```"]
     header = ["model", *tasks, "average"]
@@ -69,6 +75,9 @@ def markdown_report(results: dict[str, Any], command: str | None = None) -> str:
         lines.append(f"| {name} (published) | " + " | ".join(cells) + " |")
     ours = [_percent(results["tasks"][t]["score"]) for t in tasks]
     lines.append("| **ours** | " + " | ".join(ours) + f" | **{_percent(results['average'])}** |")
+    if rerank:
+        fused = [_percent(results["tasks"][t]["rerank"]["score"]) for t in tasks]
+        lines.append("| **ours + re-rank** | " + " | ".join(fused) + f" | **{_percent(rerank['average'])}** |")
 
     lines += [
         "",
@@ -83,6 +92,22 @@ def markdown_report(results: dict[str, Any], command: str | None = None) -> str:
             f"{_percent(row[f'hit@{k}'])} | {_percent(row[f'chance_hit@{k}'])} | {_percent(row[f'recall@{k}'])} | "
             f"{_percent(row[f'map@{k}'])} | {row['missing_positives']} |"
         )
+    if rerank:
+        lines += [
+            "",
+            "Retrieval and re-ranked side by side (%):",
+            "",
+            "| task | k | hit@k | re-ranked hit@k | recall@k | re-ranked recall@k | mAP@k | re-ranked mAP@k |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
+        for name in tasks:
+            row = results["tasks"][name]
+            k = row["k"]
+            cells = [
+                f"{_percent(row[key])} | {_percent(row['rerank'][key])}"
+                for key in (f"hit@{k}", f"recall@{k}", f"map@{k}")
+            ]
+            lines.append(f"| {name} | {k} | " + " | ".join(cells) + " |")
     seconds = results.get("seconds")
     if seconds:
         lines += [
@@ -93,7 +118,7 @@ def markdown_report(results: dict[str, Any], command: str | None = None) -> str:
 
 
 def plot_report(results: dict[str, Any], path: str | Path) -> None:
-    """Bar chart of our per-task scores with chance levels and our average (plus the published averages on the
+    """Bar chart of our per-task scores (retrieval and, with a re-ranker, re-ranked side by side) with chance levels and our average (plus the published averages on the
     real benchmark)."""
     import matplotlib
 
@@ -105,7 +130,25 @@ def plot_report(results: dict[str, Any], path: str | Path) -> None:
     chance = [100 * results["tasks"][t][f"chance_hit@{results['tasks'][t]['k']}"] for t in tasks]
     figure, axes = plt.subplots(figsize=(max(6.0, 0.7 * len(tasks) + 3), 4.2), dpi=120)
     positions = range(len(tasks))
-    axes.bar(positions, scores, color="#1f77b4", label=f"ours (average {100 * results['average']:.1f})")
+    rerank = results.get("rerank")
+    width = 0.4 if rerank else 0.8
+    shift = -width / 2 if rerank else 0.0
+    axes.bar(
+        [p + shift for p in positions],
+        scores,
+        width=width,
+        color="#1f77b4",
+        label=f"ours, retrieval (average {100 * results['average']:.1f})",
+    )
+    if rerank:
+        fused = [100 * results["tasks"][t]["rerank"]["score"] for t in tasks]
+        axes.bar(
+            [p + width / 2 for p in positions],
+            fused,
+            width=width,
+            color="#ff7f0e",
+            label=f"ours + re-rank top {rerank['top']} (average {100 * rerank['average']:.1f})",
+        )
     axes.scatter(positions, chance, marker="_", s=400, color="black", zorder=3, label="chance")
     if not results["synthetic"]:
         for (name, pools), style in zip(PUBLISHED.items(), [":", "-.", "--", "-"], strict=True):
