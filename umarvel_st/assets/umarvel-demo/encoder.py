@@ -129,6 +129,14 @@ class UMarvelTransformer(Transformer):
         max_seq_length: int | None = None,
         **kwargs: Any,
     ) -> None:
+        flags = {
+            "summarize_suffix": summarize_suffix,
+            "generation_prompt": generation_prompt,
+            "train_generation_prompt": train_generation_prompt,
+        }
+        for name, value in flags.items():
+            if not isinstance(value, bool):  # a string such as "false" would silently read as True
+                raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
         if position_mode not in ("sequential", "mrope"):
             raise ValueError(f"position_mode must be 'sequential' or 'mrope', got {position_mode!r}.")
         if image_backend not in (None, "pil", "torchvision"):
@@ -368,7 +376,10 @@ class UMarvelTransformer(Transformer):
                 "encode_query got no instruction (prompt and prompt_name unset, no item 'instruction'), so the "
                 "queries are embedded exactly as encode_document would. Pass prompt=... or prompt_name=..."
             )
-        max_length = kwargs.get("max_length") or self.max_seq_length or MAX_SEQ_LENGTH
+        max_length = kwargs.get("max_length") or self.max_seq_length
+        max_length = MAX_SEQ_LENGTH if max_length is None else max_length
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+            raise ValueError(f"max_seq_length must be a positive int or None (1024), got {max_length!r}.")
         templates, processed = self._process(items)
         rows = []
         for item, (_, lead, _, tail_ids), ids, mask in zip(
