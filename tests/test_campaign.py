@@ -65,6 +65,12 @@ def test_a_mistyped_model_folder_is_named_as_missing(tmp_path):
             build(missing)
 
 
+def test_from_mllm_names_a_folder_that_is_not_a_checkpoint(tmp_path):
+    (tmp_path / "notes.txt").write_text("x")
+    with pytest.raises(ValueError, match="has no config.json, so it is not a Qwen-VL checkpoint folder"):
+        umarvel_st.from_mllm(str(tmp_path))
+
+
 def test_load_refuses_a_folder_without_a_saved_model_instead_of_building_mean_pooling():
     with pytest.raises(ValueError, match=r"no saved sentence-transformers model \(no modules.json\).*from_mllm"):
         umarvel_st.load(CHECKPOINT)

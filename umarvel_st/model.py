@@ -96,6 +96,11 @@ def from_mllm(
         >>> q = model.encode_query(["a dog on a beach"], prompt_name="mscoco_task0")  # doctest: +SKIP
     """
     check_model_source(model_name_or_path)
+    if os.path.isdir(model_name_or_path) and not os.path.isfile(os.path.join(model_name_or_path, "config.json")):
+        raise ValueError(
+            f"{model_name_or_path!r} has no config.json, so it is not a Qwen-VL checkpoint folder; pass the folder "
+            "that holds the checkpoint's config.json and weights."
+        )
     if prompts is not None and (
         not isinstance(prompts, dict)
         or not all(isinstance(key, str) and isinstance(value, str) for key, value in prompts.items())
