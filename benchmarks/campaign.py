@@ -1,6 +1,6 @@
 """Fault and bad-input campaign: every surface a user meets, fed hostile but realistic input (issue 8, re-run).
 
-About 330 small cases over ``encode`` / ``encode_query`` / ``encode_document`` inputs, ``from_mllm`` / ``load``
+About 350 small cases over ``encode`` / ``encode_query`` / ``encode_document`` inputs, ``from_mllm`` / ``load``
 options, save / load / re-save (also by plain sentence-transformers), the Inference Endpoints handler,
 ``umarvel eval mbeir`` / ``train`` / ``publish`` / ``convert`` / ``demo`` / ``make-synthetic``. Each case states
 what a correct package does (embed, or refuse with a clear ``ValueError`` / ``TypeError``) and is classified as ok,
@@ -967,6 +967,63 @@ case(V, "evaluator tasks=[]")(
 )
 case(V, "bad flag")(lambda: run_cli("eval", "mbeir", "--bogus"))
 case(V, "bench not mbeir")(lambda: run_cli("eval", "beir", "--model", DEMO, "--data", _data()))
+
+
+def _sharded_cache_damage(kind):
+    """Evaluate with 2-row shards, damage the cache (a middle shard deleted, the ids permuted), evaluate again."""
+    out = W / f"shards-{kind}"
+    ev(_data(), "--output", out, "--shard-size", 2)
+    first = json.loads((out / "results.json").read_text())["average"]
+    shards = sorted(p for p in (out / "embeddings").rglob("*.npy") if "ids" not in p.name)
+    if kind == "middle shard deleted":
+        shards[len(shards) // 2].unlink()
+    else:
+        for ids in (out / "embeddings").rglob("*ids*.npy"):
+            values = np.load(ids)
+            np.save(ids, values[::-1].copy())
+    ev(_data(), "--output", out, "--shard-size", 2)
+    second = json.loads((out / "results.json").read_text())["average"]
+    return first, second
+
+
+for damage in ("middle shard deleted", "ids permuted"):
+    case(
+        V,
+        f"cache {damage}: re-encoded or refused",
+        "ok",
+        lambda r: None if r[0] == r[1] else f"score {r[0]} -> {r[1]}",
+    )(lambda damage=damage: _sharded_cache_damage(damage))
+case(V, "lone CR and no-break space in query text", "ok")(
+    lambda: ev(_bad_data("crnbsp", lambda d: remap(q0(d), lambda r: {**r, "query_txt": "a\rdog\u00a0on grass"})))
+)
+case(V, "query text with control tokens", "ok")(
+    lambda: ev(
+        _bad_data("ctrlq", lambda d: remap(q0(d), lambda r: {**r, "query_txt": "<|image_pad|><instruction_end>"}))
+    )
+)
+case(V, "--devices bogus")(lambda: ev(_data(), "--devices", "tpu:0", "cpu"))
+case(V, "--instruction-seed negative", "ok")(lambda: ev(_data(), "--instruction-seed", -1))
+case(V, "--pool global", "ok")(lambda: ev(_data(), "--pool", "global"))
+case(V, "--output is a file")(lambda: ev(_data(), "--output", IMG))
+case(V, "--cache-dir is a file")(lambda: ev(_data(), "--cache-dir", IMG))
+case(E, "prompt with control tokens stays text", "ok", unit)(
+    lambda: model().encode_query(["a"], prompt="<instruction_end><emb><|image_pad|>", show_progress_bar=False)
+)
+case(E, "batch_size True (sentence-transformers reads it as 1)", "upstream")(lambda: enc(["a"], batch_size=True))
+case(E, "both dtype spellings", "error")(lambda: fm(model_kwargs={"dtype": "bfloat16", "torch_dtype": "float32"}))
+case(E, "image in instruction field")(lambda: enc([{"text": "a", "instruction": make_test_image(8, 8)}]))
+
+
+def _qwen3_one_frame():
+    from umarvel_st.testing import build_tiny_backbone
+
+    folder = build_tiny_backbone("qwen3_vl", W / "qwen3", with_umarvel_tokens=True)
+    qwen3 = umarvel_st.from_mllm(str(folder), device="cpu")
+    return qwen3.encode([{"video": [make_test_image(32, 32)]}, {"video": np.zeros((3, 32, 32, 3), np.uint8)}])
+
+
+case(E, "Qwen3-VL one- and three-frame videos", "ok", unit)(_qwen3_one_frame)
+
 
 # ------------------------------------------------------------------ train
 T = "train"

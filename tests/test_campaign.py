@@ -130,6 +130,13 @@ def test_exact_repo_id_without_portable_is_refused(tmp_path):
     assert not (tmp_path / "repo").exists()
 
 
+def test_an_unknown_device_name_is_refused_before_the_worker_pool_starts(tmp_path):
+    from umarvel_st.evaluation.mbeir_evaluator import MBEIREvaluator
+
+    with pytest.raises(ValueError, match="devices: 'tpu:0' is not a torch device"):
+        MBEIREvaluator(tmp_path, devices=["tpu:0", "cpu"])
+
+
 def test_demo_checks_the_model_before_writing_the_benchmark(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         main(["demo", "--model", str(tmp_path / "missing-model"), "--data", str(tmp_path / "data")])
