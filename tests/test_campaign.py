@@ -141,3 +141,29 @@ def test_demo_checks_the_model_before_writing_the_benchmark(tmp_path):
     with pytest.raises(ValueError, match="does not exist"):
         main(["demo", "--model", str(tmp_path / "missing-model"), "--data", str(tmp_path / "data")])
     assert not (tmp_path / "data").exists()
+
+
+MEMORY_PROBE = """
+import io, resource, sys
+from PIL import Image
+import umarvel_st
+model = umarvel_st.from_mllm(sys.argv[1], device="cpu")
+model.encode([Image.new("RGB", (64, 64))], show_progress_bar=False)
+buffer = io.BytesIO()
+Image.new("RGB", (6000, 6000), (10, 200, 30)).save(buffer, "PNG")  # 36M pixels, under max_image_pixels
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+model.encode([{"image": buffer.getvalue(), "text": str(i)} for i in range(6)], batch_size=6, show_progress_bar=False)
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024)
+"""
+
+
+def test_a_batch_of_large_images_costs_one_decoded_image_not_one_per_item():
+    # Six 36-megapixel PNGs of 0.1 MB each in one batch: 650 MB if all stay decoded until the processor runs.
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-c", MEMORY_PROBE, CHECKPOINT], capture_output=True, text=True, timeout=300, check=True
+    )
+    growth_mb = int(result.stdout.split()[-1])
+    assert growth_mb < 300, f"peak memory grew by {growth_mb} MB"

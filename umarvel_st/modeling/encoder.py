@@ -309,6 +309,16 @@ class UMarvelTransformer(Transformer):
             )
         return fixed + lead_ids + body_ids[:keep] + suffix_ids
 
+    def _normalize(self, value: Any) -> Item:
+        """One input as an :class:`Item`, its image or frames already resized to the pixel budget: only one
+        full-size decoded image is alive at a time, so a batch of large images costs the budget, not their size."""
+        item = normalize_item(value, allow_urls=self.allow_urls, max_image_pixels=self.max_image_pixels)
+        if item.image is not None:
+            item.image = prepare_image(item.image, self.min_pixels, self.max_pixels)
+        if item.video is not None:
+            item.video = [prepare_image(frame, self.min_pixels, self.max_pixels) for frame in item.video]
+        return item
+
     def _process(self, items: list[Item]) -> tuple[list[tuple[str, str, str, list[int]]], dict[str, Any]]:
         """Render every item's template and run the processor on it (images and videos included)."""
         templates = [
@@ -318,12 +328,8 @@ class UMarvelTransformer(Transformer):
             )
             for item in items
         ]
-        images = [prepare_image(item.image, self.min_pixels, self.max_pixels) for item in items if item.image]
-        videos = [
-            [prepare_image(frame, self.min_pixels, self.max_pixels) for frame in item.video]
-            for item in items
-            if item.video is not None
-        ]
+        images = [item.image for item in items if item.image is not None]
+        videos = [item.video for item in items if item.video is not None]
         processed = self.processor(
             text=[head + tail for head, _, tail, _ in templates],
             images=images or None,
@@ -362,10 +368,7 @@ class UMarvelTransformer(Transformer):
                 f"prompt must be a string (the instruction) or None, got {prompt!r} of type {type(prompt).__name__}. "
                 "Pass the instruction text, or prompt_name= one of model.prompts."
             )
-        items = [
-            normalize_item(value, allow_urls=self.allow_urls, max_image_pixels=self.max_image_pixels)
-            for value in inputs
-        ]
+        items = [self._normalize(value) for value in inputs]
         for item in items:
             if prompt and item.instruction is None:
                 item.instruction = prompt
