@@ -66,6 +66,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``umarvel demo``: a line per step on stdout, progress bars on stderr, then the scores and examples."""
+    from .model import check_model_source
+
+    check_model_source(args.model)  # a mistyped --model fails now, not after the benchmark is written
     data_dir = Path(args.data) if args.data else default_data_dir()
     print(f"[1/4] synthetic benchmark: {data_dir}", flush=True)
     from .data.mbeir import MBEIRData

@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 from typing import Any
 
+from huggingface_hub.utils import HFValidationError, validate_repo_id
 from sentence_transformers import SentenceTransformer
 from sentence_transformers.base.modules import Normalize
+from sentence_transformers.util import is_sentence_transformer_model
 
 from .hub.card import UMarvelModelCardData
 from .modeling import MBEIR_INSTRUCTIONS, InstructionMaskedMeanPooling, UMarvelTransformer
@@ -37,6 +39,25 @@ class UMarvelSentenceTransformer(SentenceTransformer):
         """Save as sentence-transformers does, with flat module types (see :mod:`umarvel_st.modeling.remote_code`)."""
         super().save(path, *args, **kwargs)
         flatten_module_types(path)
+
+
+def check_model_source(model_name_or_path: str) -> None:
+    """Refuse a model name that is neither a folder nor a Hub id (a mistyped local path) before anything loads.
+
+    Raises:
+        ValueError: If the name is a file, or neither an existing folder nor of the form ``org/name``.
+    """
+    if os.path.isdir(model_name_or_path):
+        return
+    if os.path.exists(model_name_or_path):
+        raise ValueError(f"The model {model_name_or_path!r} is a file; pass the model's folder or its Hub id.")
+    try:
+        validate_repo_id(model_name_or_path)
+    except HFValidationError:
+        raise ValueError(
+            f"The model folder {model_name_or_path!r} does not exist (and it is not a Hub id of the form org/name); "
+            "check the path."
+        ) from None
 
 
 def from_mllm(
@@ -74,6 +95,17 @@ def from_mllm(
         >>> model = from_mllm("TencentBAC/U-MARVEL-Qwen2VL-7B-Instruct")  # doctest: +SKIP
         >>> q = model.encode_query(["a dog on a beach"], prompt_name="mscoco_task0")  # doctest: +SKIP
     """
+    check_model_source(model_name_or_path)
+    if os.path.isdir(model_name_or_path) and not os.path.isfile(os.path.join(model_name_or_path, "config.json")):
+        raise ValueError(
+            f"{model_name_or_path!r} has no config.json, so it is not a Qwen-VL checkpoint folder; pass the folder "
+            "that holds the checkpoint's config.json and weights."
+        )
+    if prompts is not None and (
+        not isinstance(prompts, dict)
+        or not all(isinstance(key, str) and isinstance(value, str) for key, value in prompts.items())
+    ):
+        raise TypeError(f"prompts must be a dict of name -> instruction strings, got {prompts!r:.200}.")
     encoder = UMarvelTransformer(model_name_or_path, **options)
     modules = [encoder, InstructionMaskedMeanPooling(pool_instruction=pool_instruction), Normalize()]
     return UMarvelSentenceTransformer(
@@ -105,10 +137,16 @@ def load(model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> SentenceT
     Example:
         >>> model = load("my-umarvel")  # doctest: +SKIP
     """
+    name = os.fspath(model_name_or_path)
+    check_model_source(name)
+    if os.path.isdir(name) and not is_sentence_transformer_model(name):
+        # sentence-transformers would silently build a plain mean-pooling model from it, not U-MARVEL.
+        raise ValueError(
+            f"{name!r} holds no saved sentence-transformers model (no modules.json). For a Qwen-VL or official "
+            "U-MARVEL checkpoint use umarvel_st.from_mllm(path) or `umarvel convert`."
+        )
     # ST resolves types listed in `module_classes` to the given classes instead of importing them.
-    return UMarvelSentenceTransformer._load_with_module_classes(
-        os.fspath(model_name_or_path), MODULE_CLASSES, **kwargs
-    )
+    return UMarvelSentenceTransformer._load_with_module_classes(name, MODULE_CLASSES, **kwargs)
 
 
 def open_model(model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> SentenceTransformer:
@@ -125,8 +163,6 @@ def open_model(model_name_or_path: str | os.PathLike[str], **kwargs: Any) -> Sen
     Returns:
         The model.
     """
-    from sentence_transformers.util import is_sentence_transformer_model
-
     if is_sentence_transformer_model(os.fspath(model_name_or_path)):
         return load(model_name_or_path, **kwargs)
     return from_mllm(os.fspath(model_name_or_path), **kwargs)

@@ -58,6 +58,10 @@ logger = logging.getLogger(__name__)
 
 FORMAT_VERSION = 1
 MARKER_FILE = "synthetic.json"
+# Largest query count per task and split and pool size: far below the ~480k distinct scenes, so that drawing unique
+# scenes always ends; and largest image side (a 100k-pixel side would need tens of GB).
+MAX_COUNT = 10_000
+MAX_IMAGE_SIZE = 1024
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "cross")
 COLOURS: dict[str, tuple[int, int, int]] = {
@@ -523,10 +527,17 @@ def make_synthetic_mbeir(
         ValueError: For sizes out of range, or a non-empty ``output_dir`` that is not a synthetic benchmark
             (or is one, without ``overwrite``).
     """
-    if test_queries < 1 or train_queries < 1:
-        raise ValueError(f"test_queries and train_queries must be >= 1, got {test_queries} and {train_queries}.")
-    if image_size < 32:
-        raise ValueError(f"image_size={image_size} is too small to draw shapes; use 32 or more.")
+    for name, value, low, high in (
+        ("test_queries", test_queries, 1, MAX_COUNT),
+        ("train_queries", train_queries, 1, MAX_COUNT),
+        ("pool_size", pool_size, 1, MAX_COUNT),
+        ("image_size", image_size, 32, MAX_IMAGE_SIZE),
+    ):
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+            raise ValueError(
+                f"{name} must be an integer from {low} to {high:,} (shapes need 32 pixels; the bounds keep the "
+                f"benchmark's disk and memory small), got {value!r}."
+            )
     root = Path(output_dir)
     if root.exists() and any(root.iterdir()):
         if not (root / MARKER_FILE).is_file():

@@ -47,6 +47,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 from sentence_transformers.sentence_transformer.evaluation import SentenceEvaluator
 from tqdm.auto import tqdm
 
@@ -143,6 +144,13 @@ class MBEIREvaluator(SentenceEvaluator):
         if pool not in POOLS:
             raise ValueError(f"Unknown pool {pool!r}; use one of {list(POOLS)}.")
         check_rerank_settings(rerank_top, rerank_weight)
+        for device in devices or ():
+            try:  # a bad name would otherwise fail in every worker process, after the pool started
+                torch.device(device)
+            except (RuntimeError, TypeError):
+                raise ValueError(
+                    f"devices: {device!r} is not a torch device; use names such as 'cpu', 'cuda:0' or 'cuda:1'."
+                ) from None
         self.data = MBEIRData(data_root)
         self.tasks = self.data.resolve_tasks(tasks, split)
         self.split = split

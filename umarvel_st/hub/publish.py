@@ -227,6 +227,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``umarvel publish``."""
+    if args.exact_repo_id and not args.portable:
+        raise ValueError(
+            f"--exact-repo-id {args.exact_repo_id} names the exact model in a --portable card; add --portable or "
+            "drop --exact-repo-id."
+        )
     card = CardData(  # reads and checks the run configs and reports before anything is loaded or written
         base_model=args.base_model,
         datasets=args.dataset,

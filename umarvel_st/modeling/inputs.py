@@ -58,6 +58,8 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 URL_TIMEOUT_S = 10.0
 #: Image file extensions of sentence-transformers' ``is_image_url_or_path`` (a test keeps the two in sync).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tiff", ".webp")
+#: Video file extensions of sentence-transformers' ``is_video_url_or_path`` (named video files are refused).
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".wmv", ".flv", ".mkv")
 #: 16-bit and 32-bit integer modes, converted to 8 bits by value range (see :func:`to_rgb`).
 INTEGER_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
@@ -341,15 +343,17 @@ def _is_array(value: Any) -> bool:
     return not isinstance(value, Image.Image) and hasattr(value, "__array_interface__") and hasattr(value, "ndim")
 
 
+def _path_like(text: str, extensions: tuple[str, ...]) -> bool:
+    """A string that reads as a file name with one of ``extensions``: no white space, or a path start such as ``/``
+    or ``./`` (a sentence that merely ends in a file name is not one)."""
+    path_like = not any(char.isspace() for char in text) or text.startswith(("/", "./", "../", "~"))
+    return path_like and "\n" not in text and text.lower().endswith(extensions)
+
+
 def _names_an_image(text: str) -> bool:
     """sentence-transformers' rule for a string that is an image (a ``data:image/`` URI, an image URL, an existing
-    image file), widened to path-like strings that do not exist (an image extension, and no white space or a path
-    start such as ``/`` or ``./``), so that a mistyped path is an error, while a sentence that ends in a file name
-    stays text."""
-    if is_image_url_or_path(text):
-        return True
-    path_like = not any(char.isspace() for char in text) or text.startswith(("/", "./", "../", "~"))
-    return path_like and "\n" not in text and text.lower().endswith(IMAGE_EXTENSIONS)
+    image file), widened to path-like strings that do not exist, so that a mistyped path is an error."""
+    return is_image_url_or_path(text) or _path_like(text, IMAGE_EXTENSIONS)
 
 
 def _too_large(label: str, size: str, limits: _Limits) -> str:
@@ -617,7 +621,7 @@ def _from_dict(value: dict[str, Any], limits: _Limits) -> Item:
 
 def _normalize(value: Any, limits: _Limits) -> Item:
     if isinstance(value, str):
-        if is_video_url_or_path(value):
+        if is_video_url_or_path(value) or _path_like(value, VIDEO_EXTENSIONS):
             raise ValueError(
                 f"{_describe(value)} names a video file or URL; videos are not decoded here. Pass the frames as a "
                 "list of images or a 4-D array."

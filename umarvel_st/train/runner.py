@@ -39,7 +39,7 @@ from typing import Any
 
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
-from ..model import from_mllm, load, open_model
+from ..model import check_model_source, from_mllm, load, open_model
 from .recipe import Recipe, StageConfig, load_recipe
 
 logger = logging.getLogger(__name__)
@@ -439,12 +439,21 @@ def check_inputs(recipe: Recipe, plans: list[StagePlan]) -> tuple[dict[int, Any]
         nothing to train).
 
     Raises:
-        ValueError: For a missing DeepSpeed config, bad training data (naming the stage, file and row) or a bad
+        ValueError: For an ``output_dir`` that is a file, a ``base_model`` that is neither a folder nor a Hub id, a
+            missing DeepSpeed config, bad training data (naming the stage, file and row) or a bad
             ``evaluate`` block.
     """
     if recipe.deepspeed is not None and not Path(recipe.deepspeed).is_file():
         raise ValueError(f"deepspeed: no file {recipe.deepspeed!r}; point it at a DeepSpeed JSON config.")
+    if Path(recipe.output_dir).exists() and not Path(recipe.output_dir).is_dir():
+        raise ValueError(f"output_dir {recipe.output_dir!r} is a file; point it at a new or existing folder.")
     pending = [item for item in plans if item.status != "done"]
+    base_saved = (_base_dir(recipe) / "model" / "modules.json").is_file()
+    if pending and not base_saved and not recipe.base_model.startswith("tiny:"):
+        try:
+            check_model_source(recipe.base_model)
+        except ValueError as error:
+            raise ValueError(f"base_model: {error}") from None
     datasets = {}
     for position, item in enumerate(pending):
         if position > 0 and item.stage.data["kind"] in MADE_BY_EARLIER_STAGES:

@@ -129,6 +129,14 @@ class UMarvelTransformer(Transformer):
         max_seq_length: int | None = None,
         **kwargs: Any,
     ) -> None:
+        flags = {
+            "summarize_suffix": summarize_suffix,
+            "generation_prompt": generation_prompt,
+            "train_generation_prompt": train_generation_prompt,
+        }
+        for name, value in flags.items():
+            if not isinstance(value, bool):  # a string such as "false" would silently read as True
+                raise TypeError(f"{name} must be True or False, got {value!r} ({type(value).__name__}).")
         if position_mode not in ("sequential", "mrope"):
             raise ValueError(f"position_mode must be 'sequential' or 'mrope', got {position_mode!r}.")
         if image_backend not in (None, "pil", "torchvision"):
@@ -301,6 +309,16 @@ class UMarvelTransformer(Transformer):
             )
         return fixed + lead_ids + body_ids[:keep] + suffix_ids
 
+    def _normalize(self, value: Any) -> Item:
+        """One input as an :class:`Item`, its image or frames already resized to the pixel budget: only one
+        full-size decoded image is alive at a time, so a batch of large images costs the budget, not their size."""
+        item = normalize_item(value, allow_urls=self.allow_urls, max_image_pixels=self.max_image_pixels)
+        if item.image is not None:
+            item.image = prepare_image(item.image, self.min_pixels, self.max_pixels)
+        if item.video is not None:
+            item.video = [prepare_image(frame, self.min_pixels, self.max_pixels) for frame in item.video]
+        return item
+
     def _process(self, items: list[Item]) -> tuple[list[tuple[str, str, str, list[int]]], dict[str, Any]]:
         """Render every item's template and run the processor on it (images and videos included)."""
         templates = [
@@ -310,12 +328,8 @@ class UMarvelTransformer(Transformer):
             )
             for item in items
         ]
-        images = [prepare_image(item.image, self.min_pixels, self.max_pixels) for item in items if item.image]
-        videos = [
-            [prepare_image(frame, self.min_pixels, self.max_pixels) for frame in item.video]
-            for item in items
-            if item.video is not None
-        ]
+        images = [item.image for item in items if item.image is not None]
+        videos = [item.video for item in items if item.video is not None]
         processed = self.processor(
             text=[head + tail for head, _, tail, _ in templates],
             images=images or None,
@@ -354,10 +368,7 @@ class UMarvelTransformer(Transformer):
                 f"prompt must be a string (the instruction) or None, got {prompt!r} of type {type(prompt).__name__}. "
                 "Pass the instruction text, or prompt_name= one of model.prompts."
             )
-        items = [
-            normalize_item(value, allow_urls=self.allow_urls, max_image_pixels=self.max_image_pixels)
-            for value in inputs
-        ]
+        items = [self._normalize(value) for value in inputs]
         for item in items:
             if prompt and item.instruction is None:
                 item.instruction = prompt
@@ -368,7 +379,10 @@ class UMarvelTransformer(Transformer):
                 "encode_query got no instruction (prompt and prompt_name unset, no item 'instruction'), so the "
                 "queries are embedded exactly as encode_document would. Pass prompt=... or prompt_name=..."
             )
-        max_length = kwargs.get("max_length") or self.max_seq_length or MAX_SEQ_LENGTH
+        max_length = kwargs.get("max_length") or self.max_seq_length
+        max_length = MAX_SEQ_LENGTH if max_length is None else max_length
+        if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
+            raise ValueError(f"max_seq_length must be a positive int or None (1024), got {max_length!r}.")
         templates, processed = self._process(items)
         rows = []
         for item, (_, lead, _, tail_ids), ids, mask in zip(
