@@ -1,7 +1,10 @@
 """Training recipes: a YAML list of stages, validated into dataclasses.
 
 A recipe names a base model, an output folder and the stages to run in order; each stage is one
-sentence-transformers training run (data, loss, LoRA or full fine-tuning, optimisation, encoder options).
+sentence-transformers training run (data, loss, LoRA or full fine-tuning, optimisation, encoder options), or a step
+(``kind``: ``mine``, ``rerank-data``, ``distill-data``) that makes a later stage's input. Stages are wired by name:
+``init_from: STAGE`` starts from an earlier stage's model, ``data.from: STAGE`` reads an earlier step's output
+(checked at load: the named stage must come earlier and make what is read).
 ``--set key=value`` overrides any field by its dotted path (``stages.0.lr=1e-4``), or every stage at once with
 ``all_stages.KEY=VALUE`` (``all_stages.data.OPTION`` sets it in every stage whose data has that option). Recipes shipped with the package live in ``umarvel_st/train/recipes/``.
 
