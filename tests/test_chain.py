@@ -124,6 +124,8 @@ def test_distillation_rows_carry_the_teacher_score_of_each_candidate_and_resume(
     # A finished folder is reused without loading the re-ranker.
     monkeypatch.setattr("umarvel_st.reranker.load_reranker", lambda *args, **kwargs: pytest.fail("scored again"))
     distillation_data(DEFAULT_MODEL, reranker, root, tmp_path / "distill", **options)
+    with pytest.raises(ValueError, match="not a saved re-ranker folder"):
+        distillation_data(DEFAULT_MODEL, TINY_MLLM, root, tmp_path / "x", **options)
     with pytest.raises(ValueError, match="task_weights names \\['nights_task4'\\]"):
         distillation_data(DEFAULT_MODEL, reranker, root, tmp_path / "x", **{**options, "task_weights": {
             "nights_task4": 1.0}})  # fmt: skip

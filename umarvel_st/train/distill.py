@@ -105,6 +105,11 @@ def distillation_data(
     if top_k < 1 or chunk_size < 1:
         raise ValueError(f"top_k and chunk_size must be >= 1, got {top_k} and {chunk_size}.")
     output = Path(output_dir)
+    if not (Path(reranker) / "modules.json").is_file():
+        raise ValueError(
+            f"reranker: {reranker} is not a saved re-ranker folder (no modules.json). Pass the model folder of a "
+            "re-ranker stage, or save one first: umarvel_st.reranker_from_mllm(CHECKPOINT).save(FOLDER)."
+        )
     reranker_tag = model_folder_fingerprint(reranker)
     data = MBEIRData(data_root)
     selected = data.resolve_tasks(tasks, "train")
