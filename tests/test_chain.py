@@ -171,6 +171,19 @@ def test_steps_run_as_stages_wired_by_name_skip_when_done_and_refuse_a_change(be
     # A changed step is refused before anything runs, naming the key; the step reading it is refused as well.
     with pytest.raises(ValueError, match="stages.0.data: .*'top_k': 5.* -> .*'top_k': 6"):
         train(load_recipe(recipe, ["stages.0.data.top_k=6"]))
+    # An interrupted step resumes: started (settings recorded) but unfinished, it runs again, the others skip.
+    (final.parent / "run_config.json").unlink()
+    final.unlink()
+    assert [item.status for item in plan(load_recipe(recipe))] == ["done", "resume"]
+    assert train(load_recipe(recipe)) == final and final.is_file()
+    # A step's input is checked before anything runs.
+    with pytest.raises(ValueError, match="Stage 'lists' \\(stages.0.data\\): .*no-such-root"):
+        train(
+            load_recipe(
+                recipe, [f"output_dir={tmp_path / 'other'}", f"stages.0.data.root={tmp_path / 'no-such-root'}"]
+            )
+        )
+    assert not (tmp_path / "other" / "01-lists").exists()
     # The step reading the lists records their settings: a change to them changes its settings too.
     changed = plan(load_recipe(recipe, ["stages.0.data.top_k=6"]), restart_from="lists")
     assert changed[1].settings["reads"]["lists"] != plan(load_recipe(recipe))[1].settings["reads"]["lists"]
