@@ -213,7 +213,16 @@ def test_stage5_reads_a_path_or_a_step_but_not_both() -> None:
         load_recipe("umarvel-qwen2vl-7b", ["stages.8.data.path=rows"])
 
 
-def test_umarvel_distill_data_is_a_subcommand() -> None:
-    from umarvel_st.cli import SUBCOMMANDS
+def test_umarvel_distill_data_command(bench: Path, reranker: Path, tmp_path: Path) -> None:
+    from umarvel_st.cli import main
 
-    assert SUBCOMMANDS["distill-data"][0] == "umarvel_st.train.distill"
+    command = ["distill-data", "--model", str(DEFAULT_MODEL), "--reranker", str(reranker), "--data", str(bench)]
+    command += ["--output", str(tmp_path / "d"), "--tasks", "mscoco_task3", "--fraction", "0.5", "--top-k", "3"]
+    with pytest.raises(ValueError, match="--weight 'mscoco_task3' is not TASK=NUMBER"):
+        main([*command, "--weight", "mscoco_task3", "--no-progress-bar"])
+    assert main([*command, "--weight", "mscoco_task3=0", "--no-progress-bar"]) == 0
+    rows, mined = distill_dataset(tmp_path / "d"), MinedLists(tmp_path / "d" / "lists")
+    assert len(rows) == 3 and len(rows[0]["label"]) == 3  # half of the 6 queries, 3 candidates each
+    # Weight 0: the teacher is cos / 2, the cosine of the candidate in that column.
+    cosines = {round(float(value) / 2, 5) for value in np.asarray(mined.scores("local")).ravel()}
+    assert {round(value, 5) for row in rows["label"] for value in row} <= cosines
