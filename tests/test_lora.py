@@ -72,3 +72,16 @@ def test_freeze_vision_for_full_fine_tuning(model):
     freeze_vision(model)
     names = trainable(model)
     assert names and not any("visual" in name for name in names)
+
+
+def test_freeze_vision_works_on_a_reranker_too():
+    """A `rerank` stage with full fine-tuning freezes the re-ranker's vision tower (it wraps the Qwen-VL model)."""
+    from pathlib import Path
+
+    import umarvel_st
+    from umarvel_st.train.lora import freeze_vision
+
+    reranker = umarvel_st.reranker_from_mllm(str(Path(umarvel_st.__file__).parent / "assets" / "tiny-rerank-qwen2vl"))
+    freeze_vision(reranker)
+    trainable = {name for name, parameter in reranker.named_parameters() if parameter.requires_grad}
+    assert trainable and not any(".visual." in name for name in trainable)

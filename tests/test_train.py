@@ -19,10 +19,10 @@ import umarvel_st
 from umarvel_st.data.synthetic import make_synthetic_mbeir
 from umarvel_st.data.training import custom_pairs, image_captions, mbeir_train, nli_pairs
 from umarvel_st.testing import make_test_image
-from umarvel_st.train.mining import mine
 from umarvel_st.train.recipe import load_recipe, shipped_recipes
 from umarvel_st.train.runner import train
 
+TINY_RERANKER = Path(umarvel_st.__file__).parent / "assets" / "tiny-rerank-qwen2vl"
 TINY_OVERRIDES = [
     "all_stages.max_steps=2",
     "all_stages.warmup_ratio=0",
@@ -132,8 +132,11 @@ def test_malformed_data_files_are_refused_naming_the_file_and_line(tmp_path, nam
 def test_recipes_validate(tmp_path):
     assert {"umarvel-qwen2vl-7b", "umarvel-qwen3vl-4b", "demo", "finetune"} <= set(shipped_recipes())
     recipe = load_recipe("umarvel-qwen2vl-7b")
-    assert [stage.lora_r for stage in recipe.stages] == [64, 128, 128, 128]
-    assert [stage.loss for stage in recipe.stages] == ["infonce", "symmetric", "infonce", "infonce"]
+    trained = [stage for stage in recipe.stages if stage.kind == "train"]
+    assert [stage.lora_r for stage in trained] == [64, 128, 128, 128, 128, 128, 128]
+    assert [stage.loss for stage in trained] == [
+        "infonce", "symmetric", "infonce", "pointwise", "infonce", "distill", "pointwise",
+    ]  # fmt: skip
     assert recipe.stages[2].learnable_temperature and recipe.stages[2].instructions
     with pytest.raises(ValueError, match="stages.0.learning_rate: unknown stage key"):
         load_recipe("finetune", ["stages.0.learning_rate=1"])
@@ -152,28 +155,46 @@ def test_paper_recipes_run_on_tiny_backbones_and_chain_stages(data, tmp_path, re
         f"output_dir={tmp_path / 'run'}",
         f"stages.0.data.path={data / 'nli.csv'}",
         f"stages.1.data.path={data / 'captions.jsonl'}",
-        f"stages.2.data.root={data / 'mbeir'}",
-        f"stages.3.data.root={data / 'mbeir'}",
-        f"stages.3.data.lists={tmp_path / 'lists'}",
-        f"stages.3.data.model={tmp_path / 'run' / '03-instruction' / 'model'}",
+        f"all_stages.data.root={data / 'mbeir'}",
+        "stages.3.data.top_k=10",
+        "stages.7.data.top_k=4",
+        "stages.9.data.top_k=10",
+        # The tiny backbone's tokenizer splits "Yes": the re-rankers start from the shipped tiny re-ranker checkpoint.
+        f"stages.5.init_from={TINY_RERANKER}",
+        f"stages.11.init_from={TINY_RERANKER}",
         *TINY_OVERRIDES,
+        # After the shared ones: one step per stage after stage 3 keeps the chain's time down.
+        *[f"stages.{index}.max_steps=1" for index in (5, 6, 8, 11)],
     ]
-    # Stages 1-3 train, then stage 4 asks for the lists mined with the stage-3 model; mine them and train again.
-    with pytest.raises(ValueError, match="umarvel mine --model .*03-instruction/model"):
-        train(load_recipe(recipe_name, overrides))
-    mine(tmp_path / "run" / "03-instruction" / "model", data / "mbeir", tmp_path / "lists", top_k=10, device="cpu")
+    # One call runs the whole chain: each step reads the previous one's output, with no paths to edit.
     final = train(load_recipe(recipe_name, overrides))
-    configs = [json.loads(path.read_text()) for path in sorted((tmp_path / "run").glob("0[1-9]-*/run_config.json"))]
-    assert [config["stage"]["name"] for config in configs] == ["text", "image-text", "instruction", "hard-negatives"]
-    assert not configs[3]["stage"]["summarize_suffix"] and configs[3]["stage"]["batch_size"] == 4
-    # tau is carried from stage 3 (learned there) into stage 4 (two tiny steps at lr 1.5e-5 barely move it).
-    assert abs(configs[3]["temperature"] - configs[2]["temperature"]) < 1e-4 < abs(configs[2]["temperature"] - 0.05)
-    assert configs[1]["init_from"] == str(tmp_path / "run" / "01-text" / "model")
-    assert configs[0]["temperature"] == pytest.approx(0.05)  # fixed
-    assert abs(configs[2]["temperature"] - 0.05) > 1e-6  # learned
-    assert (final / "temperature.json").is_file() and (final / "modules.json").is_file()
-    model = umarvel_st.load(final)
+    run = tmp_path / "run"
+    configs = {path.parent.name[3:]: json.loads(path.read_text()) for path in sorted(run.glob("*-*/run_config.json"))}
+    assert list(configs) == [
+        "text", "image-text", "instruction", "mine-stage3", "reranker-data", "reranker", "hard-negatives",
+        "distill-data", "distillation", "mine-stage5", "reranker-plus-data", "reranker-plus",
+    ]  # fmt: skip
+    stage4, stage5 = configs["hard-negatives"], configs["distillation"]
+    assert not stage4["stage"]["summarize_suffix"] and stage4["stage"]["batch_size"] == 4
+    assert stage4["init_from"] == str(run / "03-instruction" / "model")
+    # tau is carried from stage 3 (learned there) into stage 4 and 5 (one tiny step at lr 1e-5 barely moves it).
+    assert abs(stage4["temperature"] - configs["instruction"]["temperature"]) < 1e-4
+    assert abs(stage5["temperature"] - stage4["temperature"]) < 1e-4 < abs(stage4["temperature"] - 0.05)
+    assert stage5["stage"]["max_pixels"] == 224 * 224 and stage5["stage"]["loss"] == "distill"
+    assert stage5["init_from"] == str(run / "07-hard-negatives" / "model")
+    # R+ reads the lists mined with the stage-5 model; stage 5's teacher is the re-ranker stage's model.
+    assert configs["mine-stage5"]["init_from"] == str(run / "09-distillation" / "model")
+    assert configs["reranker-plus-data"]["inputs"]["lists"] == str(run / "10-mine-stage5" / "lists")
+    assert configs["distill-data"]["inputs"]["reranker"] == str(run / "06-reranker" / "model")
+    assert configs["image-text"]["init_from"] == str(run / "01-text" / "model")
+    assert configs["text"]["temperature"] == pytest.approx(0.05)  # fixed
+    assert final == run / "12-reranker-plus" / "model"
+    scores = umarvel_st.load_reranker(final).predict([("a query", "a candidate")])
+    assert np.isfinite(scores).all()
+    model = umarvel_st.load(run / "09-distillation" / "model")
     assert model[0].generation_prompt is True and np.isfinite(model.encode(["hello"])).all()
+    # A rerun skips every stage and step.
+    assert train(load_recipe(recipe_name, overrides)) == final
 
 
 RESUME_RECIPE = """

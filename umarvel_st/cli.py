@@ -20,6 +20,10 @@ SUBCOMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("umarvel_st.hub.convert", "convert an official U-MARVEL checkpoint into an umarvel-st model"),
     "publish": ("umarvel_st.hub.publish", "write (and push) a Hub repository for a model, with its model card"),
     "mine": ("umarvel_st.train.mining", "mine ranked lists of the training pools with a model (hard negatives)"),
+    "distill-data": (
+        "umarvel_st.train.distill",
+        "write stage-5 distillation rows (stage-4 model + re-ranker teacher)",
+    ),
 }
 
 

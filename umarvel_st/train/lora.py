@@ -92,11 +92,13 @@ def merge_lora(model: SentenceTransformer) -> SentenceTransformer:
 
 
 def freeze_vision(model: SentenceTransformer) -> SentenceTransformer:
-    """Freeze the vision tower and merger for full fine-tuning (the recipe never trains them).
+    """Freeze the vision tower and merger for full fine-tuning (the recipe never trains them); for an embedder or a
+    re-ranker.
 
     Returns:
         The same model, for chaining.
     """
-    for parameter in _backbone(model).visual.parameters():
+    backbone = _backbone(model)  # the embedder's Qwen-VL model, or the re-ranker's (which wraps it with an LM head)
+    for parameter in getattr(backbone, "model", backbone).visual.parameters():
         parameter.requires_grad_(False)
     return model

@@ -62,7 +62,7 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from ..data.mbeir import DID_BOUND, MODALITIES, QID_BOUND, MBEIRData, MBEIRTask, hash_id, unhash_id
+from ..data.mbeir import DID_BOUND, MODALITIES, QID_BOUND, MBEIRData, MBEIRQuery, MBEIRTask, hash_id, unhash_id
 from ..evaluation.embeddings import DEFAULT_SHARD_SIZE, EmbeddingStore, encode_to_store
 from ..evaluation.search import search_shards
 
@@ -735,9 +735,12 @@ def _query_items(data: MBEIRData, tasks: Sequence[MBEIRTask], split: str) -> Ite
     """Item builders of the query stream: each query with the first phrasing of its task's instruction."""
     for task in tasks:
         for query in data.iter_queries(task, split):
-            dataset_id = int(query.qid.split(":")[0])
-            instruction = data.instructions_for(dataset_id, query.modality, task.candidate_modality)[0]
-            yield lambda query=query, instruction=instruction: data.query_item(query, instruction)
+            yield lambda query=query, task=task: data.query_item(query, mining_instruction(data, query, task))
+
+
+def mining_instruction(data: MBEIRData, query: MBEIRQuery, task: MBEIRTask) -> str:
+    """The instruction a query is mined with (the first phrasing of its task's), so later steps can use the same."""
+    return data.instructions_for(int(query.qid.split(":")[0]), query.modality, task.candidate_modality)[0]
 
 
 def _pool_items(data: MBEIRData, path: Path) -> Iterator[Callable[[], Any]]:

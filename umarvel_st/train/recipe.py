@@ -1,9 +1,12 @@
 """Training recipes: a YAML list of stages, validated into dataclasses.
 
 A recipe names a base model, an output folder and the stages to run in order; each stage is one
-sentence-transformers training run (data, loss, LoRA or full fine-tuning, optimisation, encoder options).
+sentence-transformers training run (data, loss, LoRA or full fine-tuning, optimisation, encoder options), or a step
+(``kind``: ``mine``, ``rerank-data``, ``distill-data``) that makes a later stage's input. Stages are wired by name:
+``init_from: STAGE`` starts from an earlier stage's model, ``data.from: STAGE`` reads an earlier step's output
+(checked at load: the named stage must come earlier and make what is read).
 ``--set key=value`` overrides any field by its dotted path (``stages.0.lr=1e-4``), or every stage at once with
-``all_stages.KEY=VALUE``. Recipes shipped with the package live in ``umarvel_st/train/recipes/``.
+``all_stages.KEY=VALUE`` (``all_stages.data.OPTION`` sets it in every stage whose data has that option). Recipes shipped with the package live in ``umarvel_st/train/recipes/``.
 
 Every field is checked when the recipe loads, before anything trains: its type (``true``, not ``"true"``, for a
 boolean; a whole number for an integer), its range, the data and evaluation options of its kind, and the stage
@@ -30,9 +33,14 @@ import yaml
 from ..data.mbeir import POOLS, SPLITS
 from ..modeling.inputs import MIN_PIXELS
 
-DATA_KINDS = ("nli", "captions", "mbeir", "pairs", "rerank", "mbeir_negatives")
+DATA_KINDS = ("nli", "captions", "mbeir", "pairs", "rerank", "mbeir_negatives", "distill")
 LOSSES = ("infonce", "symmetric")
 RERANK_LOSSES = ("pointwise", "bce")  # the `rerank` stage kind (issue 9): see umarvel_st.train.reranker
+# Allowed losses per data kind (default: LOSSES).
+KIND_LOSSES: dict[str, tuple[str, ...]] = {"rerank": RERANK_LOSSES, "distill": ("distill",)}
+# What a stage does: train a model (the default), or a step that makes the next stages' input (see
+# umarvel_st.train.runner.STEPS): ranked lists, the re-ranker's training file, the distillation dataset.
+STAGE_KINDS = ("train", "mine", "rerank-data", "distill-data")
 ADAPTERS = ("lora", "full")
 # Options of each data kind (besides "kind"): name -> (type, required). See umarvel_st.data.training.
 DATA_OPTIONS: dict[str, dict[str, tuple[Any, bool]]] = {
@@ -40,17 +48,42 @@ DATA_OPTIONS: dict[str, dict[str, tuple[Any, bool]]] = {
     "captions": {"path": (str, True), "image_root": (str, False)},
     "pairs": {"path": (str, True), "image_root": (str, False)},
     "mbeir": {"root": (str, True), "tasks": (list[str], False), "max_queries_per_task": (int, False)},
-    "rerank": {"path": (str, True)},
+    "rerank": {"path": (str, False), "from": (str, False)},  # path: a JSON object of build_rerank_dataset's arguments
+    "distill": {"path": (str, False), "from": (str, False)},  # path: a `umarvel distill-data` folder
     "mbeir_negatives": {  # stage 4 (umarvel_st.train.mining.mbeir_hard_negatives)
         "root": (str, True),
-        "lists": (str, True),
+        "lists": (str, False),
+        "from": (str, False),
         "model": (str, False),
         "negatives": (str, False),
         "tasks": (list[str], False),
         "max_queries_per_task": (int, False),
         "num_negatives": (int, False),
-    },  # a JSON object of build_rerank_dataset's arguments (umarvel_st.train.reranker)
+    },
 }
+# The option a data kind reads an earlier step's output from; ``from: STAGE`` fills it with that step's output.
+INPUT_OPTION = {"rerank": "path", "distill": "path", "mbeir_negatives": "lists"}
+# Options of the step kinds (their ``data`` block, no ``kind`` key); the model is the stage's ``init_from``.
+STEP_OPTIONS: dict[str, dict[str, tuple[Any, bool]]] = {
+    "mine": {"root": (str, True), "tasks": (list[str], False), "top_k": (int, False), "batch_size": (int, False)},
+    "rerank-data": {
+        "root": (str, True),
+        "from": (str, True),
+        "tasks": (list[str], False),
+        "max_queries_per_task": (int, False),
+    },
+    "distill-data": {
+        "root": (str, True),
+        "reranker": (str, True),
+        "tasks": (list[str], False),
+        "fraction": (float, False),
+        "top_k": (int, False),
+        "task_weights": (dict, False),
+        "batch_size": (int, False),
+    },
+}
+# The stage kind (or, for training stages, data kind) a ``from`` must name, by the referring kind.
+FROM_KINDS = {"rerank": "rerank-data", "distill": "distill-data", "mbeir_negatives": "mine", "rerank-data": "mine"}
 # Options of the evaluate block (MBEIREvaluator arguments): name -> (type, required).
 EVALUATE_OPTIONS: dict[str, tuple[Any, bool]] = {
     "data": (str, True),
@@ -150,7 +183,7 @@ def _check_options(values: Any, schema: dict[str, tuple[Any, bool]], what: str, 
                 raise RecipeError(name, f"{what} needs this option.")
             continue
         _check_type(name, values[name], hint)
-        if hint is int and values[name] <= 0:
+        if hint in (int, float) and values[name] <= 0:
             raise RecipeError(name, f"must be > 0, got {_describe(values[name])}.")
         if typing.get_origin(hint) is list and not values[name]:
             raise RecipeError(name, "an empty list selects nothing; leave the option out to select everything.")
@@ -162,13 +195,21 @@ class StageConfig:
 
     name: str = field(metadata={"help": "Stage name; also its folder name under the output folder."})
     data: dict[str, Any] = field(
-        metadata={"help": f"Data: {{'kind': one of {DATA_KINDS}, ...}} (see umarvel_st.data.training)."}
+        metadata={
+            "help": f"Training data: {{'kind': one of {DATA_KINDS}, ...}} (see umarvel_st.data.training); for a step "
+            "kind, the step's options (STEP_OPTIONS)."
+        }
+    )
+    kind: str = field(
+        default="train",
+        metadata={"help": f"One of {STAGE_KINDS}: train a model, or a step making a later stage's input."},
     )
     loss: str = field(
         default="infonce",
         metadata={
             "help": f"One of {LOSSES}; symmetric = sum of both directions. "
-            f"For data kind 'rerank': one of {RERANK_LOSSES} (official LM loss or BCE on the score)."
+            f"For data kind 'rerank': one of {RERANK_LOSSES} (official LM loss or BCE on the score); for 'distill': "
+            "'distill' (RerankerDistillationLoss)."
         },
     )
     temperature: float = field(default=0.05, metadata={"help": "Initial (or fixed) temperature.", "check": POSITIVE})
@@ -206,7 +247,13 @@ class StageConfig:
         default=300 * 28 * 28,
         metadata={"help": "Image pixel budget (224*224 in stage 5).", "check": AT_LEAST_MIN_PIXELS},
     )
-    init_from: str = field(default="previous", metadata={"help": "'previous' stage, 'base', or a model folder."})
+    init_from: str = field(
+        default="previous",
+        metadata={
+            "help": "The model to start from (or a step's model): 'previous', 'base', an earlier stage's name, "
+            "or a model folder."
+        },
+    )
     save_steps: int = field(
         default=200, metadata={"help": "Checkpoint every N steps (resume point).", "check": POSITIVE}
     )
@@ -220,10 +267,20 @@ class StageConfig:
                 f"{self.name!r} is not a valid stage name: it names the stage's folder, so use only letters, digits, "
                 "'.', '_' and '-', starting with a letter or digit (no path separators or '..').",
             )
+        if self.kind not in STAGE_KINDS:
+            raise RecipeError("kind", f"{self.kind!r} is not one of {list(STAGE_KINDS)}.")
+        if self.kind != "train":
+            try:
+                _check_options(self.data, STEP_OPTIONS[self.kind], f"{self.kind!r} step")
+                if not 0 < self.data.get("fraction", 1.0) <= 1:
+                    raise RecipeError("fraction", f"must be in (0, 1], got {self.data['fraction']!r}.")
+            except RecipeError as error:
+                raise error.under("data") from None
+            return
         kind = self.data.get("kind")
         if kind not in DATA_KINDS:
             raise RecipeError("data.kind", f"{kind!r} is not one of {list(DATA_KINDS)}.")
-        losses = RERANK_LOSSES if kind == "rerank" else LOSSES
+        losses = KIND_LOSSES.get(kind, LOSSES)
         for key, allowed in (("loss", losses), ("adapter", ADAPTERS)):
             if getattr(self, key) not in allowed:
                 raise RecipeError(key, f"{getattr(self, key)!r} is not one of {list(allowed)}.")
@@ -231,6 +288,12 @@ class StageConfig:
             _check_options(self.data, DATA_OPTIONS[kind], f"{kind!r} data", ignore=("kind",))
         except RecipeError as error:
             raise error.under("data") from None
+        if kind in INPUT_OPTION and (INPUT_OPTION[kind] in self.data) == ("from" in self.data):
+            raise RecipeError(
+                "data",
+                f"{kind!r} data needs exactly one of {INPUT_OPTION[kind]} (a file or folder) and from (the "
+                "name of the earlier step that writes it).",
+            )
         if self.train_vision and self.adapter != "full":
             raise RecipeError("train_vision", "needs adapter: full.")
         if self.carry_temperature and not self.learnable_temperature:
@@ -278,6 +341,8 @@ class Recipe:
         names = [stage.name for stage in self.stages]
         if len(set(names)) != len(names):
             raise RecipeError("stages", f"stage names must be unique, got {names}.")
+        for index, stage in enumerate(self.stages):
+            _check_references(self.stages, index, stage)
         if self.evaluate is not None:
             try:
                 _check_options(self.evaluate, EVALUATE_OPTIONS, "evaluate")
@@ -290,6 +355,44 @@ class Recipe:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _stage_kind(stage: StageConfig) -> str:
+    """A step's kind, or a training stage's data kind."""
+    return stage.kind if stage.kind != "train" else stage.data["kind"]
+
+
+def _check_references(stages: list[StageConfig], index: int, stage: StageConfig) -> None:
+    """Check that ``init_from``, ``data.from`` and ``data.reranker`` name earlier stages that make what they need."""
+    earlier = {item.name: item for item in stages[:index]}
+    path = f"stages.{index}"
+    if stage.kind != "rerank-data":
+        source = stage.init_from
+        if source == "previous" and index > 0:
+            source = stages[index - 1].name
+        if source in earlier and (earlier[source].kind != "train" or earlier[source].data["kind"] == "rerank"):
+            what = "a re-ranker" if earlier[source].kind == "train" else f"the {earlier[source].kind!r} step's output"
+            raise RecipeError(
+                f"{path}.init_from",
+                f"{stage.init_from!r} gives {what}, not an embedder; name the stage whose model to start from.",
+            )
+    kind = _stage_kind(stage)
+    if "from" in stage.data:
+        wanted, source = FROM_KINDS[kind], stage.data["from"]
+        if source not in earlier or _stage_kind(earlier[source]) != wanted:
+            found = [name for name, item in earlier.items() if _stage_kind(item) == wanted]
+            raise RecipeError(
+                f"{path}.data.from", f"{source!r} is not an earlier {wanted!r} step; the earlier ones are {found}."
+            )
+    reranker = stage.data.get("reranker") if stage.kind == "distill-data" else None
+    if (
+        reranker is not None
+        and reranker in {item.name for item in stages}
+        and _stage_kind(earlier.get(reranker, stage)) != "rerank"
+    ):
+        raise RecipeError(
+            f"{path}.data.reranker", f"{reranker!r} is not an earlier re-ranker (data kind 'rerank') stage."
+        )
 
 
 def _build(cls: type, values: Any) -> Any:
@@ -321,8 +424,12 @@ def _set(raw: dict[str, Any], dotted: str, value: Any) -> None:
         stages = raw.get("stages")
         if not isinstance(stages, list):
             raise RecipeError(dotted, "the recipe has no list of stages to apply it to.")
-        for index in range(len(stages)):
-            _set(raw, f"stages.{index}.{dotted.removeprefix('all_stages.')}", value)
+        key = dotted.removeprefix("all_stages.")
+        for index, stage in enumerate(stages):
+            data = stage.get("data") if isinstance(stage, dict) else None
+            if key.startswith("data.") and isinstance(data, dict) and key.removeprefix("data.") not in data:
+                continue  # a data option is set where the stage's data has it (all_stages.data.root=...)
+            _set(raw, f"stages.{index}.{key}", value)
         return
     parts = dotted.split(".")
     node: Any = raw

@@ -315,3 +315,86 @@ def run_rerank_stage(recipe: Any, stage: Any, init: Path, folder: Path, dataset:
     }
     (folder / "run_config.json").write_text(json.dumps(run_config, indent=2, default=str), encoding="utf-8")
     return target
+
+
+def rerank_data_from_lists(
+    root: str | Path,
+    lists: str | Path,
+    output: str | Path,
+    *,
+    tasks: Sequence[str] | None = None,
+    seed: int = 0,
+    max_queries_per_task: int | None = None,
+) -> Path:
+    """Write the re-ranker's training file (the ``rerank`` data kind's JSON object) from ``umarvel mine`` lists.
+
+    Each training query with a positive in the pool gets one negative, drawn (seeded per query) from its LOCAL top-k
+    list minus its positives (spec 2.1); queries carry the instruction they were mined with; the file's ``ranked`` entry holds that one negative, so
+    :func:`build_rerank_dataset` pairs it with every positive of the query. A query with no positive in the pool, or whose local list holds only positives, gets no row (the
+    counts are logged).
+
+    Args:
+        root: The M-BEIR data root the lists were mined from.
+        lists: A finished ``umarvel mine`` folder.
+        output: The JSON file to write (atomically).
+        tasks: Task names; default every task of the lists.
+        seed: Seed of the negative draws.
+        max_queries_per_task: Keep only the first N queries of each task (for quick runs).
+
+    Returns:
+        ``output``.
+
+    Raises:
+        ValueError: For lists from other data, or when no query gets a row.
+    """
+    from ..data.mbeir import DID_BOUND, QID_BOUND, MBEIRData, hash_id
+    from .mining import MinedLists, mining_instruction
+
+    data, mined = MBEIRData(root), MinedLists(lists)
+    selected = data.resolve_tasks(tasks or list(mined.ranges), mined.fingerprint["data"]["split"])
+    mined.check(data, selected)
+    pool = data.pool_path(selected[0], "global", mined.fingerprint["data"]["split"])
+    candidates = {candidate.did: candidate for candidate in data.iter_candidates(pool)}
+    did_of = {hash_id(did, DID_BOUND): did for did in candidates}
+    local = mined.dids("local")
+    content: dict[str, dict[str, Any]] = {"queries": {}, "candidates": {}, "positives": {}, "ranked": {}}
+    no_positive = no_negative = 0
+    for task in selected:
+        rows = mined.rows(task.name)
+        for number, query in enumerate(data.iter_queries(task, mined.fingerprint["data"]["split"])):
+            if max_queries_per_task is not None and number >= max_queries_per_task:
+                break
+            if int(mined.qids[rows[number]]) != hash_id(query.qid, QID_BOUND):
+                raise ValueError(f"{query.source}: the lists' row {rows[number]} is another query; mine again.")
+            positives = [did for did in query.pos_cand_list if did in candidates]
+            excluded = {hash_id(did, DID_BOUND, query.source) for did in query.pos_cand_list}
+            negatives = [int(did) for did in local[rows[number]] if did >= 0 and int(did) not in excluded]
+            no_positive += not positives
+            no_negative += bool(positives) and not negatives
+            if not positives or not negatives:
+                continue
+            negative = did_of[random.Random(f"{seed}:{query.qid}").choice(negatives)]
+            content["queries"][query.qid] = data.query_item(query, mining_instruction(data, query, task))
+            for did in (*positives, negative):
+                content["candidates"][did] = data.candidate_item(candidates[did])
+            content["positives"][query.qid] = positives
+            content["ranked"][query.qid] = [negative]
+    if no_positive or no_negative:
+        logger.warning(
+            "Re-ranker data: %d queries have no positive in %s and %d have only positives in their local list; "
+            "they get no row.",
+            no_positive,
+            pool,
+            no_negative,
+        )
+    if not content["queries"]:
+        raise ValueError(
+            f"No re-ranker rows: no query of {[task.name for task in selected]} has a positive and a "
+            f"negative in its local list ({lists})."
+        )
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(output.name + ".tmp")
+    temporary.write_text(json.dumps(content), encoding="utf-8")
+    temporary.replace(output)
+    return output

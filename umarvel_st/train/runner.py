@@ -9,6 +9,15 @@ Layout of ``output_dir``::
     01-<stage>/model/              the stage's merged model, ready for inference, with its temperature.json
     01-<stage>/eval.json           M-BEIR scores after the stage, when the recipe asks for them
     01-<stage>/run_config.json     the resolved stage config and results; written last, it marks the stage done
+    02-<step>/lists/ ...           a step's output (``kind: mine`` lists, ``rerank-data`` rerank.json,
+                                   ``distill-data`` distillation rows): see :data:`STEP_OUTPUTS`
+
+Steps. Besides training stages (``kind: train``, the default) a recipe holds steps that make a later stage's input
+from an earlier stage's model: ``mine`` (``umarvel mine`` with the ``init_from`` model), ``rerank-data`` (the
+re-ranker's training file from a ``mine`` step's lists), ``distill-data`` (``umarvel distill-data`` with the
+``init_from`` model and a re-ranker stage). A later stage names the step in ``data.from`` and reads its output,
+and ``init_from`` may name any earlier stage. Steps are recorded, skipped, refused on change and resumed (their own
+output resumes) like training stages; a stage's settings include the fingerprints of the stages it reads.
 
 Rerunning the same command after an interruption (even ``kill -9``) skips finished stages and resumes the current
 one from its last checkpoint. A stage is only skipped or resumed when its effective settings (every field that
@@ -40,7 +49,8 @@ from typing import Any
 from sentence_transformers import SentenceTransformer, SentenceTransformerTrainer, SentenceTransformerTrainingArguments
 
 from ..model import check_model_source, from_mllm, load, open_model
-from .recipe import Recipe, StageConfig, load_recipe
+from .losses import TEMPERATURE_FILE
+from .recipe import INPUT_OPTION, Recipe, StageConfig, load_recipe
 
 logger = logging.getLogger(__name__)
 
@@ -82,15 +92,22 @@ def base_settings(recipe: Recipe) -> dict[str, Any]:
     return settings
 
 
-def stage_settings(stage: StageConfig, seed: int, input_fingerprint: str) -> dict[str, Any]:
+def stage_settings(
+    stage: StageConfig, seed: int, input_fingerprint: str, reads: dict[str, str] | None = None
+) -> dict[str, Any]:
     """A stage's effective settings: the fields that change its model, the seed, and its input model's fingerprint.
 
-    The input fingerprint is the previous stage's settings fingerprint for ``init_from: previous`` (so a change to a
-    stage also changes every later stage), the base's for ``base``, and a digest of the files of an ``init_from``
-    folder.
+    The input fingerprint is the ``init_from`` stage's settings fingerprint (so a change to a stage also changes every
+    later stage), the base's for ``base``, and a digest of the files of an ``init_from`` folder. ``reads`` maps the
+    earlier stages whose outputs the stage reads (``data.from``, ``data.reranker``) to their fingerprints.
     """
     fields = {key: value for key, value in dataclasses.asdict(stage).items() if key not in BOOKKEEPING_FIELDS}
-    return {"stage": fields, "seed": seed, "input": input_fingerprint}
+    if fields["kind"] == "train":
+        del fields["kind"]  # the default: records written before steps existed stay valid
+    settings = {"stage": fields, "seed": seed, "input": input_fingerprint}
+    if reads:
+        settings["reads"] = reads
+    return settings
 
 
 def _changes(recorded: dict[str, Any], current: dict[str, Any], stage_path: str) -> list[str]:
@@ -105,6 +122,8 @@ def _changes(recorded: dict[str, Any], current: dict[str, Any], stage_path: str)
     for change in differ({**recorded, "stage": None}, {**current, "stage": None}, ""):
         if change.startswith("input:"):
             change = "input model (an earlier stage's settings, the base model or the init_from folder)"
+        elif change.startswith("reads:"):
+            change = "the settings of an earlier stage it reads (data.from, data.reranker)"
         changes.append(change)
     return changes
 
@@ -167,13 +186,15 @@ def plan(recipe: Recipe, restart_from: str | None = None) -> list[StagePlan]:
             "",
             f"--restart-from {names[0]} to rebuild it and retrain everything",
         )
-    plans, previous = [], _fingerprint(base)
+    plans, previous, fingerprints = [], _fingerprint(base), {}
     for index, stage in enumerate(recipe.stages):
         folder = _stage_dir(recipe, index, stage)
         if stage.init_from == "base":
             source = _fingerprint(base)
         elif stage.init_from == "previous":
             source = previous
+        elif stage.init_from in fingerprints:
+            source = fingerprints[stage.init_from]
         elif Path(stage.init_from).is_dir():
             source = _folder_digest(Path(stage.init_from))
         else:
@@ -181,10 +202,12 @@ def plan(recipe: Recipe, restart_from: str | None = None) -> list[StagePlan]:
                 f"stages.{index}.init_from: {stage.init_from!r} is not a folder; use 'previous', 'base' or the folder "
                 "of a saved model."
             )
-        settings = stage_settings(stage, recipe.seed, source)
-        previous = _fingerprint(settings)
+        reads = {name: fingerprints[name] for name in _references(stage) if name in fingerprints}
+        settings = stage_settings(stage, recipe.seed, source, reads)
+        previous = fingerprints[stage.name] = _fingerprint(settings)
         done = (folder / RUN_CONFIG).is_file()
-        checkpointed = any((folder / "checkpoints").glob("checkpoint-*"))
+        started = stage.kind != "train" and (folder / SETTINGS).is_file()  # a step resumes its own output
+        checkpointed = started or any((folder / "checkpoints").glob("checkpoint-*"))
         if index >= first_restarted or not (done or checkpointed):
             status = "train"
         else:
@@ -216,11 +239,70 @@ def prepare_base(recipe: Recipe) -> Path:
     return folder
 
 
-def build_dataset(stage: StageConfig, seed: int):
-    """The stage's training data (see :mod:`umarvel_st.data.training`)."""
+# What each step kind writes in its stage folder (a later stage's ``data.from`` reads it).
+STEP_OUTPUTS = {"mine": "lists", "rerank-data": "rerank.json", "distill-data": "distill"}
+
+
+def _references(stage: StageConfig) -> list[str]:
+    """Names an item of ``stage.data`` gives of earlier stages whose outputs it reads."""
+    names = [stage.data["from"]] if "from" in stage.data else []
+    if stage.kind == "distill-data":
+        names.append(stage.data["reranker"])
+    return names
+
+
+def stage_output(recipe: Recipe, name: str) -> Path:
+    """The output of stage ``name``: a training stage's model folder or a step's :data:`STEP_OUTPUTS` path."""
+    index = [stage.name for stage in recipe.stages].index(name)
+    stage = recipe.stages[index]
+    return _stage_dir(recipe, index, stage) / STEP_OUTPUTS.get(stage.kind, "model")
+
+
+def raw_base(recipe: Recipe) -> Path:
+    """The raw base MLLM (with its LM head) a re-ranker starts from: the tiny backbone's folder or ``base_model``."""
+    if recipe.base_model.startswith("tiny:"):
+        return _base_dir(recipe) / "backbone"
+    return Path(recipe.base_model)
+
+
+def init_folder(recipe: Recipe, index: int) -> Path:
+    """The folder of the model stage ``index`` starts from (a step: the model it uses), per its ``init_from``."""
+    stage = recipe.stages[index]
+    if stage.init_from == "base":
+        return (
+            raw_base(recipe)
+            if stage.kind == "train" and stage.data["kind"] == "rerank"
+            else _base_dir(recipe) / "model"
+        )
+    if stage.init_from == "previous":
+        return stage_output(recipe, recipe.stages[index - 1].name) if index > 0 else _base_dir(recipe) / "model"
+    if stage.init_from in [item.name for item in recipe.stages]:
+        return stage_output(recipe, stage.init_from)
+    return Path(stage.init_from)
+
+
+def resolved_data(recipe: Recipe, stage: StageConfig) -> dict[str, Any]:
+    """``stage.data`` with ``from: STAGE`` replaced by that step's output (and stage 4's ``model`` by the model the
+    lists were mined with), and a ``reranker`` stage name by its model folder."""
+    options = dict(stage.data)
+    names = [item.name for item in recipe.stages]
+    source = options.pop("from", None)
+    if source is not None:
+        kind = stage.data["kind"] if stage.kind == "train" else stage.kind
+        options[INPUT_OPTION.get(kind, "lists")] = str(stage_output(recipe, source))
+        if kind == "mbeir_negatives":
+            options.setdefault("model", str(init_folder(recipe, names.index(source))))
+    if stage.kind == "distill-data" and options["reranker"] in names:
+        options["reranker"] = str(stage_output(recipe, options["reranker"]))
+    return options
+
+
+def build_dataset(stage: StageConfig, seed: int, options: dict[str, Any] | None = None):
+    """The stage's training data (see :mod:`umarvel_st.data.training`); ``options``: the resolved data block
+    (:func:`resolved_data`), default ``stage.data``."""
     from ..data import training
 
-    options = {key: value for key, value in stage.data.items() if key != "kind"}
+    options = {key: value for key, value in (options or stage.data).items() if key != "kind"}
     kind = stage.data["kind"]
     if kind == "nli":
         return training.nli_pairs(**options)
@@ -232,6 +314,10 @@ def build_dataset(stage: StageConfig, seed: int):
         from .reranker import rerank_stage_dataset
 
         return rerank_stage_dataset(options["path"], loss=stage.loss, seed=seed)
+    if kind == "distill":  # stage 5: the rows of `umarvel distill-data` (see umarvel_st.train.distill)
+        from .distill import distill_dataset
+
+        return distill_dataset(options["path"])
     if kind == "mbeir_negatives":  # stage 4: reads the lists of `umarvel mine` (see umarvel_st.train.mining)
         from .mining import mbeir_hard_negatives
 
@@ -245,8 +331,6 @@ def last_complete_checkpoint(checkpoints: Path) -> str | None:
     A ``kill -9`` can land while a checkpoint is being written. ``temperature.json`` is written last (by the
     temperature callback, after the trainer's own files), so a folder holding it is complete.
     """
-    from .losses import TEMPERATURE_FILE
-
     found = sorted(checkpoints.glob("checkpoint-*"), key=lambda path: int(path.name.rpartition("-")[2]), reverse=True)
     for folder in found:
         if (folder / TEMPERATURE_FILE).is_file() and (folder / "trainer_state.json").is_file():
@@ -315,11 +399,13 @@ def run_stage(
     from transformers import set_seed
 
     from .lora import apply_lora, freeze_vision, merge_lora
-    from .losses import CachedInfoNCELoss, InfoNCELoss, Temperature, TemperatureCallback
+    from .losses import CachedInfoNCELoss, InfoNCELoss, RerankerDistillationLoss, Temperature, TemperatureCallback
 
     stage = recipe.stages[index]
     folder = _stage_dir(recipe, index, stage)
     _write_record(folder, settings)
+    if stage.kind != "train":
+        return run_step(recipe, index, init, settings)
     if stage.data["kind"] == "rerank":  # the re-ranker stage kind (issue 9)
         from .reranker import run_rerank_stage
 
@@ -363,10 +449,14 @@ def run_stage(
         ddp_broadcast_buffers=False,
     )
     # Under torchrun / accelerate every query is scored against the candidates of all processes (global batch).
-    loss_class = CachedInfoNCELoss if stage.cached else InfoNCELoss
-    extra = {"mini_batch_size": stage.mini_batch_size} if stage.cached else {}
-    symmetric = stage.loss == "symmetric"
-    loss = loss_class(model, temperature=tau, symmetric=symmetric, gather_across_devices=args.world_size > 1, **extra)
+    if stage.loss == "distill":  # stage 5: KL to the re-ranker teacher over each query's own candidates
+        loss = RerankerDistillationLoss(model, temperature=tau)
+    else:
+        loss_class = CachedInfoNCELoss if stage.cached else InfoNCELoss
+        extra = {"mini_batch_size": stage.mini_batch_size} if stage.cached else {}
+        symmetric = stage.loss == "symmetric"
+        gather = args.world_size > 1
+        loss = loss_class(model, temperature=tau, symmetric=symmetric, gather_across_devices=gather, **extra)
     trainer = _Trainer(model=model, args=args, train_dataset=dataset, loss=loss, callbacks=[TemperatureCallback(tau)])
     last = last_complete_checkpoint(checkpoints)
     if last:
@@ -399,6 +489,74 @@ def run_stage(
     return target
 
 
+def _mine_step(recipe: Recipe, stage: StageConfig, init: Path, output: Path, options: dict[str, Any]) -> None:
+    from .mining import mine
+
+    mine(
+        init,
+        options["root"],
+        output,
+        tasks=options.get("tasks"),
+        top_k=options.get("top_k", 100),
+        batch_size=options.get("batch_size", 32),
+    )
+
+
+def _rerank_data_step(recipe: Recipe, stage: StageConfig, init: Path, output: Path, options: dict[str, Any]) -> None:
+    from .reranker import rerank_data_from_lists
+
+    rerank_data_from_lists(
+        options["root"],
+        options["lists"],
+        output,
+        tasks=options.get("tasks"),
+        seed=recipe.seed,
+        max_queries_per_task=options.get("max_queries_per_task"),
+    )
+
+
+def _distill_data_step(recipe: Recipe, stage: StageConfig, init: Path, output: Path, options: dict[str, Any]) -> None:
+    from .distill import DEFAULT_FRACTION, DEFAULT_TOP_K, distillation_data
+
+    distillation_data(
+        init,
+        options["reranker"],
+        options["root"],
+        output,
+        tasks=options.get("tasks"),
+        fraction=options.get("fraction", DEFAULT_FRACTION),
+        top_k=options.get("top_k", DEFAULT_TOP_K),
+        task_weights=options.get("task_weights"),
+        seed=recipe.seed,
+        batch_size=options.get("batch_size", 32),
+    )
+
+
+#: Step kind -> the function that writes its output: ``(recipe, stage, init model, output path, resolved options)``.
+STEPS = {"mine": _mine_step, "rerank-data": _rerank_data_step, "distill-data": _distill_data_step}
+
+
+def run_step(recipe: Recipe, index: int, init: Path, settings: dict[str, Any]) -> Path:
+    """Run a step stage (resuming its output), then write its ``run_config.json``. Returns its output path."""
+    stage = recipe.stages[index]
+    folder = _stage_dir(recipe, index, stage)
+    output = folder / STEP_OUTPUTS[stage.kind]
+    options = resolved_data(recipe, stage)
+    STEPS[stage.kind](recipe, stage, init, output, options)
+    run_config = {
+        "recipe": recipe.name,
+        "stage": dataclasses.asdict(stage),
+        "index": index,
+        "init_from": str(init),
+        "inputs": options,
+        "seed": recipe.seed,
+        "fingerprint": _fingerprint(settings),
+        "output": str(output),
+    }
+    (folder / RUN_CONFIG).write_text(json.dumps(run_config, indent=2, default=str))
+    return output
+
+
 def build_evaluator(options: dict[str, Any]) -> Any:
     """The M-BEIR evaluator of a recipe's ``evaluate`` block; checks its data root and task names.
 
@@ -421,10 +579,10 @@ def build_evaluator(options: dict[str, Any]) -> Any:
 MADE_BY_EARLIER_STAGES = ("mbeir_negatives",)
 
 
-def _stage_dataset(item: StagePlan, seed: int) -> Any:
+def _stage_dataset(recipe: Recipe, item: StagePlan) -> Any:
     """:func:`build_dataset` for a planned stage, its errors naming the stage."""
     try:
-        return build_dataset(item.stage, seed)
+        return build_dataset(item.stage, recipe.seed, resolved_data(recipe, item.stage))
     except (ValueError, TypeError) as error:
         kind = TypeError if isinstance(error, TypeError) else ValueError
         raise kind(f"Stage {item.stage.name!r} (stages.{item.index}.data): {error}") from None
@@ -454,11 +612,17 @@ def check_inputs(recipe: Recipe, plans: list[StagePlan]) -> tuple[dict[int, Any]
             check_model_source(recipe.base_model)
         except ValueError as error:
             raise ValueError(f"base_model: {error}") from None
+    pending_names = {item.stage.name for item in pending}
     datasets = {}
     for position, item in enumerate(pending):
-        if position > 0 and item.stage.data["kind"] in MADE_BY_EARLIER_STAGES:
+        if item.stage.kind != "train":
+            _check_step(recipe, item)
+            continue
+        if position > 0 and item.stage.data["kind"] in MADE_BY_EARLIER_STAGES and "from" not in item.stage.data:
             continue  # its input is made from an earlier stage's model: built when the stage starts
-        datasets[item.index] = _stage_dataset(item, recipe.seed)
+        if pending_names & set(_references(item.stage)):
+            continue  # it reads an earlier pending step's output: built when the stage starts
+        datasets[item.index] = _stage_dataset(recipe, item)
     evaluator = None
     if recipe.evaluate is not None and pending:
         try:
@@ -466,6 +630,21 @@ def check_inputs(recipe: Recipe, plans: list[StagePlan]) -> tuple[dict[int, Any]
         except ValueError as error:
             raise ValueError(f"evaluate: {error}") from None
     return datasets, evaluator
+
+
+def _check_step(recipe: Recipe, item: StagePlan) -> None:
+    """Check a pending step's data root, tasks and re-ranker folder before anything runs."""
+    from ..data.mbeir import MBEIRData
+
+    options = resolved_data(recipe, item.stage)
+    try:
+        MBEIRData(options["root"]).resolve_tasks(options.get("tasks"), "train")
+        names = [stage.name for stage in recipe.stages]
+        reranker = item.stage.data.get("reranker")
+        if reranker is not None and reranker not in names and not Path(reranker).is_dir():
+            raise ValueError(f"reranker: {reranker!r} is neither a stage of the recipe nor a folder.")
+    except ValueError as error:
+        raise ValueError(f"Stage {item.stage.name!r} (stages.{item.index}.data): {error}") from None
 
 
 def train(recipe: Recipe, restart_from: str | None = None) -> Path:
@@ -497,27 +676,28 @@ def train(recipe: Recipe, restart_from: str | None = None) -> Path:
             shutil.rmtree(folder)
     Path(recipe.output_dir).mkdir(parents=True, exist_ok=True)
     (Path(recipe.output_dir) / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
-    base = prepare_base(recipe)
-    previous, temperature_from = base, None
+    prepare_base(recipe)
     for item in plans:
-        init = {"previous": previous, "base": base}.get(item.stage.init_from) or Path(item.stage.init_from)
-        if item.stage.init_from == "base" and item.stage.data["kind"] == "rerank":
-            init = Path(recipe.base_model)  # a re-ranker starts from the raw MLLM with its LM head, not the embedder
+        # A re-ranker with init_from base starts from the raw MLLM with its LM head, not the embedder.
+        init = init_folder(recipe, item.index)
+        temperature_from = init if (init / TEMPERATURE_FILE).is_file() else None
         if item.status == "done":
             logger.info("Stage %s is done with the same settings (%s); skipping", item.stage.name, item.folder)
         else:
             logger.info("Stage %d/%d: %s (%s)", item.index + 1, len(plans), item.stage.name, item.status)
+            dataset = None
+            if item.stage.kind == "train":
+                dataset = datasets[item.index] if item.index in datasets else _stage_dataset(recipe, item)
             run_stage(
                 recipe,
                 item.index,
                 init,
                 temperature_from,
-                dataset=datasets[item.index] if item.index in datasets else _stage_dataset(item, recipe.seed),
+                dataset=dataset,
                 settings=item.settings,
                 evaluator=evaluator,
             )
-        previous = temperature_from = item.folder / "model"
-    return previous
+    return stage_output(recipe, recipe.stages[-1].name)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
