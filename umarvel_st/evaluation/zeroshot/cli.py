@@ -42,14 +42,22 @@ def evaluate(
     model_tag: str | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on the named tasks; returns the results that :func:`.report.write_report` writes."""
+    from ..fingerprint import model_fingerprint
     from .runner import evaluate_task, group_scores
 
     tasks = [get_task(name, legacy) for name in task_names]  # every name checked before any encoding
     if not Path(data_root).is_dir():
         raise ValueError(f"--data {data_root} is not a folder; give the folder holding the datasets.")
+    description = model_fingerprint(model)  # once, before any encoding changes the tokenizer's padding state
     rows = {
         task.name: evaluate_task(
-            model, task, data_root, cache_dir, batch_size=batch_size, show_progress_bar=show_progress_bar
+            model,
+            task,
+            data_root,
+            cache_dir,
+            batch_size=batch_size,
+            show_progress_bar=show_progress_bar,
+            model_description=description,
         )
         for task in tasks
     }

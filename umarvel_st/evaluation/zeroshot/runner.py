@@ -109,8 +109,12 @@ def evaluate_task(
     batch_size: int = 4,
     shard_size: int = DEFAULT_SHARD_SIZE,
     show_progress_bar: bool = True,
+    model_description: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate ``model`` on one zero-shot task; numbers are fractions in [0, 1].
+
+    ``model_description`` keys the embedding cache (default: :func:`model_fingerprint` of ``model``). Take it before
+    the model encodes anything: encoding leaves padding state on its tokenizer, which the fingerprint includes.
 
     Returns:
         ``{"scores", "reported", "paper", "queries", "candidates", "example", "exact_rendering", "notes"}``;
@@ -125,7 +129,7 @@ def evaluate_task(
         "files": {str(path): describe_file(path) for path in data.files},
         "image_max_pixels": task.image_max_pixels,
         "nframes": task.nframes,
-        "model": model_fingerprint(model),
+        "model": model_description or model_fingerprint(model),
     }
     sides = {}
     for side, template, records in (
