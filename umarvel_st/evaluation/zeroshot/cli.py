@@ -98,8 +98,9 @@ def run(args: argparse.Namespace) -> int:
         model_tag=args.model,
     )
     words = ["umarvel", "eval", "zeroshot", "--data", args.data, "--model", args.model, "--output", str(output)]
-    for name in names:
+    for name in args.task or []:
         words += ["--task", name]
+    words += ["--suite", args.suite] if args.suite else []
     for flag in args.legacy or ():
         words += ["--legacy", flag]
     words += ["--batch-size", str(args.batch_size)]
