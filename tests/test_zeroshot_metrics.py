@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 
 from umarvel_st.data.zeroshot.readers import ZeroShotData
-from umarvel_st.evaluation.zeroshot import metrics
-from umarvel_st.evaluation.zeroshot.runner import _scores
+from umarvel_st.evaluation.zeroshot import metrics, runner
 from umarvel_st.evaluation.zeroshot.tasks import TASKS
 
 
@@ -34,6 +33,11 @@ def test_circo_ap_at_5_with_several_positives() -> None:
 def test_itm_accuracy_counts_ties_as_misses() -> None:
     scores = np.array([[0.5, 0.5], [0.7, 0.2], [0.1, 0.3]])
     assert metrics.pairwise_accuracy(scores, [[0, 1]] * 3) == pytest.approx(1 / 3)
+    # Through the runner: image i against its texts 2i (positive) and 2i + 1 (negative) only.
+    texts = np.eye(6)
+    images = np.array([[0.5, 0.5, 9, 9, 9, 9], [9, 9, 0.7, 0.2, 9, 9], [9, 9, 9, 9, 0.1, 0.3]])
+    data = ZeroShotData([], [], galleries=[[0, 1], [2, 3], [4, 5]])
+    assert runner.score_task(TASKS["ccneg"], images, texts, data)[1] == {"accuracy": pytest.approx(1 / 3)}
 
 
 def test_genecis_ranks_the_target_within_its_own_gallery_only() -> None:
@@ -50,7 +54,9 @@ def test_genecis_ranks_the_target_within_its_own_gallery_only() -> None:
     assert metrics.gallery_hit_at_k(scores, galleries, 2) == pytest.approx(1.0)
 
 
-def test_flickr_five_captions_per_image_in_both_directions() -> None:
+@pytest.mark.parametrize("block", [1024, 3])
+def test_flickr_five_captions_per_image_in_both_directions(block: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(runner, "QUERY_BLOCK", block)  # scoring in blocks of query rows gives the same numbers
     # 10 captions, 2 images; caption j belongs to image j // 5.
     scores = np.zeros((10, 2))
     scores[np.arange(10), np.arange(10) // 5] = 1.0  # every caption prefers its own image
@@ -59,7 +65,8 @@ def test_flickr_five_captions_per_image_in_both_directions() -> None:
     scores[7, 1] = 0.9  # image 1's best caption is 7, one of its five
     scores[3, 1] = 0.95  # image 1 ranks caption 3 (image 0's) first...
     data = ZeroShotData([], [], positives=[[j // 5] for j in range(10)])
-    numbers, reported = _scores(TASKS["flickr30k"], scores, data)
+    # Candidate embeddings = the identity, so query embeddings = the score rows.
+    numbers, reported = runner.score_task(TASKS["flickr30k"], scores, np.eye(2), data)
     assert reported["t2i"] == pytest.approx(0.9)
     # image 0's best caption is one of 0..4; image 1's best is caption 3 (not one of 5..9) -> i2t R@1 = 1/2
     assert reported["i2t"] == pytest.approx(0.5)

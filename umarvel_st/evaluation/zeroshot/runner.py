@@ -10,13 +10,13 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections.abc import Iterator
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ...data.zeroshot.readers import Raw
+from ...data.zeroshot.readers import Raw, ZeroShotData
 from ...data.zeroshot.video import VIDEO_MAX_PIXELS, read_video_frames
 from ..embeddings import DEFAULT_SHARD_SIZE, EmbeddingStore, encode_to_store
 from ..fingerprint import model_fingerprint
@@ -25,6 +25,9 @@ from .items import Template, encoder_input, encoder_user_text, render
 from .tasks import GROUP_PAPER, ZeroShotTask
 
 logger = logging.getLogger(__name__)
+
+#: Query rows scored at once against all candidates (bounds the score block's memory).
+QUERY_BLOCK = 1024
 
 
 def describe_file(path: Path) -> dict[str, Any]:
@@ -88,15 +91,59 @@ def _scores(task: ZeroShotTask, scores: np.ndarray, data: Any) -> tuple[dict[str
         numbers = {f"map@{k}": metrics.map_at_k(scores, data.positives, k) for k in task.ks}
         return numbers, {f"map@{k}": numbers[f"map@{k}"] for k in task.report_k}
     ks = [k for k in task.ks if k <= scores.shape[1]]
+    numbers = {f"r@{k}": metrics.hit_rate_at_k(scores, data.positives, k) for k in ks}
+    return numbers, {f"r@{k}": numbers[f"r@{k}"] for k in task.report_k if f"r@{k}" in numbers}
+
+
+def _gallery_scores(queries: np.ndarray, candidates: np.ndarray, galleries: list[list[int]]) -> np.ndarray:
+    """Each query's scores against its own list only, padded with -inf.  # (queries, longest list)"""
+    width = max(map(len, galleries))
+    scores = np.full((len(galleries), width), -np.inf, dtype=np.float32)
+    for row, gallery in enumerate(galleries):
+        scores[row, : len(gallery)] = candidates[gallery] @ queries[row]
+    return scores
+
+
+def _chunked(
+    task: ZeroShotTask, queries: np.ndarray, candidates: np.ndarray, data: Any
+) -> tuple[dict[str, float], dict[str, float]]:
+    """:func:`_scores` over blocks of query rows (weighted means), so the score matrix never sits whole in memory."""
+    totals: dict[str, float] = {}
+    reported: dict[str, float] = {}
+    for start in range(0, len(queries), QUERY_BLOCK):
+        block = queries[start : start + QUERY_BLOCK] @ candidates.T  # (block, candidates)
+        part = ZeroShotData([], [], positives=data.positives[start : start + QUERY_BLOCK])
+        numbers, reported_part = _scores(task, block, part)
+        for key, value in numbers.items():
+            totals[key] = totals.get(key, 0.0) + value * len(block) / len(queries)
+        for key, value in reported_part.items():
+            reported[key] = reported.get(key, 0.0) + value * len(block) / len(queries)
+    return totals, reported
+
+
+def score_task(
+    task: ZeroShotTask, queries: np.ndarray, candidates: np.ndarray, data: Any
+) -> tuple[dict[str, float], dict[str, float]]:
+    """All numbers and the reported ones from the two embedding matrices (unit rows), in bounded memory.
+
+    Per-query lists (GeneCIS, ITM) score only their own candidates; corpus tasks score blocks of
+    :data:`QUERY_BLOCK` query rows; the reverse direction (i->t) scores blocks of candidate rows.
+    """
+    if task.metric in ("accuracy", "gallery_hit"):
+        galleries = [list(range(len(gallery))) for gallery in data.galleries]
+        return _scores(
+            task, _gallery_scores(queries, candidates, data.galleries), ZeroShotData([], [], galleries=galleries)
+        )
     if not task.both_directions:
-        numbers = {f"r@{k}": metrics.hit_rate_at_k(scores, data.positives, k) for k in ks}
-        return numbers, {f"r@{k}": numbers[f"r@{k}"] for k in task.report_k if f"r@{k}" in numbers}
-    reverse = [[] for _ in range(scores.shape[1])]
+        return _chunked(task, queries, candidates, data)
+    forward = replace(task, both_directions=False)
+    reverse = [[] for _ in range(len(candidates))]
     for query, positives in enumerate(data.positives):
         for candidate in positives:
             reverse[candidate].append(query)
-    numbers = {f"t2i_r@{k}": metrics.hit_rate_at_k(scores, data.positives, k) for k in ks}
-    numbers |= {f"i2t_r@{k}": metrics.hit_rate_at_k(scores.T, reverse, k) for k in task.ks if k <= scores.shape[0]}
+    t2i, _ = _chunked(forward, queries, candidates, data)
+    i2t, _ = _chunked(forward, candidates, queries, ZeroShotData([], [], positives=reverse))
+    numbers = {f"t2i_{key}": value for key, value in t2i.items()} | {f"i2t_{key}": value for key, value in i2t.items()}
     return numbers, {"t2i": numbers["t2i_r@1"], "i2t": numbers["i2t_r@1"]}
 
 
@@ -148,8 +195,7 @@ def evaluate_task(
             shard_size,
             show_progress_bar,
         )
-    scores = sides["queries"] @ sides["candidates"].T  # (queries, candidates)
-    numbers, reported = _scores(task, scores, data)
+    numbers, reported = score_task(task, sides["queries"], sides["candidates"], data)
     examples = {
         side: template.apply(records[0])
         for side, template, records in (
