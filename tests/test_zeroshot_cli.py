@@ -6,7 +6,9 @@ import json
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from umarvel_st.cli import main
 from umarvel_st.evaluation.zeroshot.tasks import TASKS
@@ -39,3 +41,21 @@ def test_task_names_are_checked_before_loading_the_model(tmp_path: Path) -> None
         main(["eval", "zeroshot", "--task", "coco", "--data", str(tmp_path), "--model", str(tmp_path)])
     with pytest.raises(ValueError, match="--task NAME"):
         main(["eval", "zeroshot", "--data", str(tmp_path), "--model", str(tmp_path)])
+
+
+def test_long_captions_are_not_truncated(tmp_path: Path, tiny_backbone_factory: Callable[..., Path]) -> None:
+    from umarvel_st.evaluation.zeroshot.cli import evaluate
+    from umarvel_st.model import open_model
+
+    root = tmp_path / "sharegpt4v"
+    (root / "val_data").mkdir(parents=True)
+    long = " ".join(["a red circle on a light background"] * 60)  # ~1450 tokens: beyond the default 1024
+    rows = [{"image_name": f"{i}.png", "caption": long + tail} for i, tail in enumerate([" red", " blue"])]
+    for row in rows:
+        Image.new("RGB", (56, 56), (200, 30, 30)).save(root / "val_data" / row["image_name"])
+    (root / "datas_for_validation.json").write_text(json.dumps(rows))
+    model = open_model(tiny_backbone_factory("qwen2_vl"), device="cpu")
+    evaluate(model, ["sharegpt4v"], tmp_path, tmp_path / "cache", show_progress_bar=False)
+    queries = np.load(tmp_path / "cache" / "sharegpt4v" / "queries" / "shard-00000.npy")
+    assert not np.allclose(queries[0], queries[1])  # the last word still counts
+    assert model[0].max_seq_length == 1024  # restored afterwards

@@ -39,6 +39,13 @@ def describe_file(path: Path) -> dict[str, Any]:
     return {"bytes": path.stat().st_size, "sha256": digest.hexdigest()}
 
 
+def no_truncation_length(encoder: Any) -> int:
+    """The backbone's position limit: the zero-shot protocol feeds whole items (no ``max_length`` cut)."""
+    config = encoder.model.config
+    text_config = getattr(config, "text_config", config)
+    return int(getattr(text_config, "max_position_embeddings", None) or config.max_position_embeddings)
+
+
 def _encode_side(
     model: Any,
     task: ZeroShotTask,
@@ -51,7 +58,11 @@ def _encode_side(
     shard_size: int,
     show_progress_bar: bool,
 ) -> np.ndarray:
-    store = EmbeddingStore(store_dir, {**fingerprint, "side": side, "template": asdict(template)}, shard_size)
+    store = EmbeddingStore(
+        store_dir,
+        {**fingerprint, "side": side, "template": asdict(template), "max_seq_length": no_truncation_length(model[0])},
+        shard_size,
+    )
 
     def items_from(start: int) -> Iterator[dict[str, Any]]:
         for raw in records[start:]:
@@ -59,8 +70,9 @@ def _encode_side(
             yield encoder_input(template.apply(raw), template.suffix, frames)
 
     encoder = model[0]
-    saved = encoder.summarize_suffix, encoder.max_pixels
+    saved = encoder.summarize_suffix, encoder.max_pixels, encoder.max_seq_length
     encoder.summarize_suffix = template.suffix
+    encoder.max_seq_length = no_truncation_length(encoder)  # the zero-shot reference never truncates
     # Video frames arrive already sized by the video rule (<= 768*28*28 px), so the encoder must not shrink them.
     encoder.max_pixels = (
         max(task.image_max_pixels, VIDEO_MAX_PIXELS) if task.dataset in ("msrvtt", "msvd") else (task.image_max_pixels)
@@ -75,7 +87,7 @@ def _encode_side(
             show_progress_bar=show_progress_bar,
         )
     finally:
-        encoder.summarize_suffix, encoder.max_pixels = saved
+        encoder.summarize_suffix, encoder.max_pixels, encoder.max_seq_length = saved
     return store.load()
 
 
