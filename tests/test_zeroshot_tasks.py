@@ -176,3 +176,13 @@ def test_msvd_captions_pickle_may_not_name_code(data: Path, tmp_path: Path) -> N
     (copy / "raw-captions.pkl").write_bytes(pickle.dumps({"clip_0": _Gadget()}))
     with pytest.raises(ValueError, match="only plain dicts"):
         TASKS["msvd"].read(copy)
+
+
+def test_circo_ground_truth_must_start_with_the_target(data: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "circo"
+    shutil.copytree(data / "circo", copy)
+    queries = json.loads((copy / "annotations/val.json").read_text())
+    queries[2]["gt_img_ids"].reverse()
+    (copy / "annotations/val.json").write_text(json.dumps(queries))
+    with pytest.raises(ValueError, match="query 2 .* must start with target_img_id"):
+        TASKS["circo"].read(copy)

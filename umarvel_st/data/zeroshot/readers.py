@@ -153,6 +153,11 @@ def read_circo(root: Path, split: str = "val") -> ZeroShotData:
                 f"circo: query {position} of {split_path} names image ids {missing} that are not in {info_path}; "
                 "every reference and target must be in the pool."
             )
+        if query["gt_img_ids"][:1] != [query["target_img_id"]]:
+            raise ValueError(
+                f"circo: query {position} of {split_path}: gt_img_ids must start with target_img_id "
+                f"{query['target_img_id']}, got {query['gt_img_ids'][:3]}."
+            )
         reference = folder / images[row_of[query["reference_img_id"]]]["file_name"]
         queries.append(Raw(text=query["relative_caption"], images=(str(reference),)))
         positives.append([row_of[image_id] for image_id in query["gt_img_ids"]])
