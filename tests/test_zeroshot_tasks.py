@@ -186,3 +186,11 @@ def test_circo_ground_truth_must_start_with_the_target(data: Path, tmp_path: Pat
     (copy / "annotations/val.json").write_text(json.dumps(queries))
     with pytest.raises(ValueError, match="query 2 .* must start with target_img_id"):
         TASKS["circo"].read(copy)
+
+
+def test_a_video_without_frames_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "empty.gif"
+    Image.new("RGB", (8, 8)).save(empty)
+    monkeypatch.setattr(video, "_decode", lambda path: ([], 25.0))  # a container whose stream decodes no frame
+    with pytest.raises(ValueError, match="holds no frame"):
+        video.read_video_frames(empty)
