@@ -18,18 +18,18 @@ from umarvel_st.evaluation.zeroshot.items import render
 from umarvel_st.evaluation.zeroshot.tasks import TASKS, get_task
 
 IS, IE = "<instruction_start>", "<instruction_end>"
-CAPTION = "a red circle on a light background"  # synthetic item 0
+CAPTION = "one shape: a red circle at the top left"  # synthetic item 0
 T2I = f"{IS}Find me an everyday image that matches the given caption.{IE}"
 
 # task -> (query user text, candidate user text), from the spec's section 2 on the synthetic copies' first rows.
 EXPECTED = {
     "sharegpt4v": (T2I + CAPTION, "[IMG]"),
     "urban1k": (
-        "a green circle on a light background",
+        "one shape: a green circle at the top right",
         f"[IMG]{IS}Find an image caption describing the following everyday image.{IE}",
     ),
     "flickr30k": (
-        T2I + "A red circle on a light background.\nSummarize above sentence in one word: ",
+        T2I + "One shape: a red circle at the top left.\nSummarize above sentence in one word: ",
         "[IMG]\nSummarize above image in one word: ",
     ),
     "circo": (
@@ -109,7 +109,7 @@ def test_ccneg_keeps_the_last_rows_and_strips_commas(data: Path) -> None:
 
     read = read_ccneg(data / "ccneg", last_rows=2)
     assert len(read.queries) == 2 and read.queries[0].images[0].endswith("000000004.jpg")
-    assert "," not in read.candidates[1].text and read.candidates[1].text.startswith("a purple not")
+    assert read.candidates[1].text == "one shape a orange circle at the top left"  # caption of item 5, comma gone
 
 
 def test_video_sampling_rules(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:

@@ -1,7 +1,7 @@
 """``make_synthetic_zeroshot``: a tiny offline copy of every zero-shot dataset in its published layout.
 
-Each dataset gets a few seeded images (solid colour plus noise, a few sizes) and captions naming the colour and
-shape, written exactly where and how the real dataset stores them (see :data:`readers.LAYOUTS`); the two video
+Each dataset gets a few seeded images and captions drawn and worded as in the synthetic M-BEIR benchmark
+(:mod:`umarvel_st.data.synthetic`: one coloured shape per image, so the demo model trained there can score), written exactly where and how the real dataset stores them (see :data:`readers.LAYOUTS`); the two video
 datasets get short GIF clips (decoded with PIL, no video library needed). A ``SYNTHETIC`` marker file tells the
 reports that the numbers are not the real benchmark's.
 """
@@ -15,37 +15,25 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-COLOURS = {
-    "red": (220, 30, 30),
-    "green": (30, 180, 60),
-    "blue": (40, 60, 220),
-    "yellow": (230, 210, 40),
-    "purple": (140, 50, 170),
-    "orange": (240, 140, 20),
-}
-SHAPES = ("circle", "square")
+from ..synthetic import CELLS, COLOURS, SHAPES, Obj, caption, render
 
 
-def _scene(index: int) -> tuple[str, str]:
-    names = list(COLOURS)
-    return names[index % len(names)], SHAPES[(index // len(names)) % len(SHAPES)]
+def _scene(index: int) -> tuple[str, str, str]:
+    """``(colour, shape, cell)`` of synthetic item ``index``: colours cycle first, so neighbours differ in colour."""
+    colours = list(COLOURS)[:6]
+    return colours[index % 6], SHAPES[(index // 6) % len(SHAPES)], CELLS[index % len(CELLS)]
 
 
-def _image(index: int, rng: np.random.Generator, size: tuple[int, int] = (56, 42)) -> Image.Image:
-    colour, shape = _scene(index)
-    pixels = rng.integers(0, 40, size=(size[1], size[0], 3), dtype=np.uint8) + 200
-    image = Image.fromarray(pixels)
-    draw = ImageDraw.Draw(image)
-    box = (size[0] // 5, size[1] // 5, size[0] * 4 // 5, size[1] * 4 // 5)
-    (draw.ellipse if shape == "circle" else draw.rectangle)(box, fill=COLOURS[colour])
-    return image
+def _image(index: int, rng: np.random.Generator, size: int = 64) -> Image.Image:
+    colour, shape, cell = _scene(index)
+    return render((Obj(cell, colour, shape),), rng, size, "white")
 
 
 def _caption(index: int) -> str:
-    colour, shape = _scene(index)
-    return f"a {colour} {shape} on a light background"
+    colour, shape, cell = _scene(index)
+    return caption((Obj(cell, colour, shape),))
 
 
 def _save(image: Image.Image, path: Path) -> str:
@@ -60,7 +48,7 @@ def _json(path: Path, value: Any) -> None:
 
 
 def _gif(index: int, rng: np.random.Generator, path: Path, frames: int) -> None:
-    images = [_image(index, rng, (48, 36)) for _ in range(frames)]
+    images = [_image(index, rng, 48) for _ in range(frames)]
     path.parent.mkdir(parents=True, exist_ok=True)
     images[0].save(path, save_all=True, append_images=images[1:], duration=100, loop=0)
 
@@ -92,7 +80,7 @@ def make_synthetic_zeroshot(root: str | Path, *, seed: int = 0, size: int = 6) -
 
     folder = root / "urban1k"
     for i in range(1, n + 1):
-        _save(_image(i, rng, (84, 56)), folder / "image" / f"{i}.jpg")
+        _save(_image(i, rng, 84), folder / "image" / f"{i}.jpg")
         (folder / "caption").mkdir(parents=True, exist_ok=True)
         (folder / "caption" / f"{i}.txt").write_text(f" {_caption(i)} \nsecond line\n", encoding="utf-8")
 
@@ -157,11 +145,11 @@ def make_synthetic_zeroshot(root: str | Path, *, seed: int = 0, size: int = 6) -
 
     folder = root / "visdial"
     questions = ["what colour is it", "what shape is it"]
-    answers = [colour for colour in COLOURS] + list(SHAPES)
+    answers = list(COLOURS) + list(SHAPES)
     dialogs = []
     for i in range(n):
         _save(_image(i, rng), folder / "VisualDialog_val2018" / f"VisualDialog_val2018_{i + 7:012d}.jpg")
-        colour, shape = _scene(i)
+        colour, shape, _ = _scene(i)
         dialogs.append(
             {
                 "image_id": i + 7,
@@ -199,7 +187,7 @@ def make_synthetic_zeroshot(root: str | Path, *, seed: int = 0, size: int = 6) -
         annotations.append(
             {
                 "json": {"caption": _caption(i)},
-                "sop_data": {"negative-prompt": f"a {_scene(i)[0]}, not a {_scene(i)[1]}"},
+                "sop_data": {"negative-prompt": _caption(i + 1).replace(": ", ", ")},
             }
         )
     torch.save({"image_paths": paths, "annotations": annotations}, folder / "ccneg_preprocessed.pt")
