@@ -458,3 +458,15 @@ def test_cli_rerank_on_the_tiny_models(bench: Path, tmp_path: Path, capsys: pyte
     assert "| **ours + re-rank** |" in (tmp_path / "out/report.md").read_text()
     with pytest.raises(ValueError, match="not a U-MARVEL re-ranker"):
         main([*args[:-6], "--rerank", str(assets / "umarvel-demo")])
+
+
+def test_a_models_fingerprint_does_not_change_when_it_encodes():
+    """Encoding sets the tokenizer's padding state; a cache keyed on it would be thrown away after any encode."""
+    import umarvel_st
+    from umarvel_st.evaluation.fingerprint import model_fingerprint
+
+    model = umarvel_st.load(Path(umarvel_st.__file__).parent / "assets" / "umarvel-demo")
+    model[0].tokenizer.backend_tokenizer.no_padding()  # as a fresh tokenizer that has not padded yet
+    before = model_fingerprint(model)
+    model.encode_document(["a short text", "a somewhat longer text to pad the other one"])
+    assert model_fingerprint(model) == before

@@ -610,7 +610,8 @@ def make_synthetic_mbeir(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``umarvel make-synthetic``."""
-    parser.add_argument("output_dir", help="folder to write (empty or absent)")
+    parser.add_argument("output_dir", nargs="?", help="folder to write (empty or absent)")
+    parser.add_argument("--zeroshot", metavar="DIR", help="also write the zero-shot suite's synthetic copies to DIR")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     parser.add_argument("--test-queries", type=int, default=60, help="test queries per task (default: 60)")
     parser.add_argument("--train-queries", type=int, default=240, help="train queries per task (default: 240)")
@@ -621,6 +622,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``umarvel make-synthetic``."""
+    if args.zeroshot:
+        from .zeroshot.synthetic import make_synthetic_zeroshot
+
+        make_synthetic_zeroshot(args.zeroshot, seed=args.seed)
+        print(f"Synthetic zero-shot datasets written to {args.zeroshot}")
+    if args.output_dir is None:
+        if args.zeroshot:
+            return 0
+        raise ValueError("Give the output folder of the synthetic M-BEIR benchmark, or --zeroshot DIR.")
     summary = make_synthetic_mbeir(
         args.output_dir,
         seed=args.seed,

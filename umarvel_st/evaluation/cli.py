@@ -33,7 +33,7 @@ from .embeddings import DEFAULT_SHARD_SIZE
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``umarvel eval``."""
-    parser.add_argument("benchmark", choices=["mbeir"], help="benchmark to run")
+    parser.add_argument("benchmark", choices=["mbeir", "zeroshot"], help="benchmark to run")
     parser.add_argument(
         "--model",
         required=True,
@@ -71,6 +71,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="final score = cos + weight * P(Yes) (default: 0.1)",
     )
     parser.add_argument("--no-progress-bar", action="store_true", help="hide progress bars")
+    from .zeroshot.cli import add_arguments as add_zeroshot_arguments  # zero-shot suite options (issue 11)
+
+    add_zeroshot_arguments(parser.add_argument_group("zeroshot"))
 
 
 _HUB_ID = re.compile(r"^[\w.-]+(/[\w.-]+)?$")
@@ -112,7 +115,11 @@ def command_line(args: argparse.Namespace) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``umarvel eval mbeir``."""
+    """Run ``umarvel eval mbeir`` (``umarvel eval zeroshot`` runs :mod:`.zeroshot.cli`)."""
+    if args.benchmark == "zeroshot":
+        from .zeroshot.cli import run as run_zeroshot
+
+        return run_zeroshot(args)
     from ..retrieve import check_rerank_settings, open_reranker
     from .mbeir_evaluator import MBEIREvaluator
     from .report import write_report

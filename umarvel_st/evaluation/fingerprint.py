@@ -28,6 +28,17 @@ def _qualified_name(obj: Any) -> str:
     return f"{type(obj).__module__}.{type(obj).__qualname__}"
 
 
+def _tokenizer_state(backend: Any) -> dict[str, Any]:
+    """The tokenizer as saved, less its padding and truncation state: each tokenizer call sets those, so they would
+    make a model's fingerprint change after it encodes anything."""
+    import json
+
+    state = json.loads(backend.to_str())
+    state.pop("padding", None)
+    state.pop("truncation", None)
+    return state
+
+
 def _options(model: Any) -> dict[str, Any]:
     modules = []
     for module in model if hasattr(model, "__iter__") else ():
@@ -41,7 +52,7 @@ def _options(model: Any) -> dict[str, Any]:
                 "max_seq_length": getattr(module, "max_seq_length", None),
                 "chat_template": getattr(processor, "chat_template", None)
                 or getattr(tokenizer, "chat_template", None),
-                "tokenizer": backend.to_str() if backend is not None else None,
+                "tokenizer": _tokenizer_state(backend) if backend is not None else None,
                 "padding_side": getattr(tokenizer, "padding_side", None),
             }
         )

@@ -1,0 +1,196 @@
+"""Zero-shot tasks on their synthetic copies: the rendered prompt of one query and one candidate per dataset against
+the spec's rule (section 2), the readers' relevance structures, video sampling, and bad input."""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from umarvel_st.data.zeroshot import video
+from umarvel_st.data.zeroshot.synthetic import make_synthetic_zeroshot
+from umarvel_st.evaluation.zeroshot.items import render
+from umarvel_st.evaluation.zeroshot.tasks import TASKS, get_task
+
+IS, IE = "<instruction_start>", "<instruction_end>"
+CAPTION = "one shape: a red circle at the top left"  # synthetic item 0
+T2I = f"{IS}Find me an everyday image that matches the given caption.{IE}"
+
+# task -> (query user text, candidate user text), from the spec's section 2 on the synthetic copies' first rows.
+EXPECTED = {
+    "sharegpt4v": (T2I + CAPTION, "[IMG]"),
+    "urban1k": (
+        "one shape: a green circle at the top right",
+        f"[IMG]{IS}Find an image caption describing the following everyday image.{IE}",
+    ),
+    "flickr30k": (
+        T2I + "One shape: a red circle at the top left.\nSummarize above sentence in one word: ",
+        "[IMG]\nSummarize above image in one word: ",
+    ),
+    "circo": (
+        f"[IMG]{IS}I'm looking for a similar everyday image with the described changes.{IE} make it green",
+        "[IMG]",
+    ),
+    "genecis_change_object": (
+        f"[IMG]{IS}I want you to retrieve an similar image with the described changes. Show me an image that best "
+        f"captures the following the described changes.{IE} Green.",
+        "[IMG]",
+    ),
+    "genecis_focus_attribute": (
+        f"[IMG]{IS}I want you to retrieve an image with the same attributes as described. Show me an image that best "
+        f"captures the following the same attributes.{IE} Circle.",
+        "[IMG]",
+    ),
+    "visdial": (
+        f"{IS}Find me an everyday image that matches the given dialog.{IE} Q: what colour is it? A: red. "
+        "Q: what shape is it? A: circle.",
+        "[IMG]",
+    ),
+    "fashioniq_multiturn": (
+        f"{IS}Find me a similar fashion image based on the following multi-round modifications.{IE}[IMG]is more "
+        "green[IMG]is blue and has a circle",
+        "[IMG]",
+    ),
+    "ccneg": ("[IMG]", CAPTION),
+    "sugar_crepe_add_att": (f"[IMG]{IS}Find an image caption describing the following image.{IE}", CAPTION),
+    "sugar_crepe_swap_obj": ("[IMG]", CAPTION),
+    "msrvtt": (f"{IS}Find an everyday video match with caption.{IE}" + CAPTION, "[VID]"),
+    "msvd": (f"{IS}Find an everyday video match with caption.{IE}" + CAPTION, "[VID]"),
+}
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("zeroshot")
+    make_synthetic_zeroshot(root)
+    return root
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED))
+def test_rendered_query_and_candidate_follow_the_spec(data: Path, name: str) -> None:
+    task = TASKS[name]
+    read = task.read(data)
+    query = render(task.query.apply(read.queries[0]))
+    candidate = render(task.candidate.apply(read.candidates[0]))
+    assert (query, candidate) == EXPECTED[name]
+
+
+def test_urban1k_set_literal_is_an_opt_in_legacy_flag(data: Path) -> None:
+    task = get_task("urban1k", ("urban1k_set_literal",))
+    candidate = render(task.candidate.apply(task.read(data).candidates[0]))
+    assert candidate == f"[IMG]{{'{IS}Find an image caption describing the following everyday image.{IE}'}}"
+    assert TASKS["urban1k"].image_max_pixels == 16384 * 28 * 28
+    with pytest.raises(ValueError, match="Unknown legacy flags"):
+        get_task("urban1k", ("causal",))
+
+
+def test_every_dataset_of_the_paper_is_registered_and_read(data: Path) -> None:
+    datasets = {task.dataset for task in TASKS.values()}
+    assert len(datasets) == 11
+    assert sum(task.group == "genecis" for task in TASKS.values()) == 4
+    assert sum(task.group == "sugar_crepe" for task in TASKS.values()) == 7
+    flickr = TASKS["flickr30k"].read(data)
+    assert len(flickr.queries) == 5 * len(flickr.candidates)
+    assert flickr.positives[7] == [1]
+    circo = TASKS["circo"].read(data)
+    assert len(circo.positives[0]) == 2  # several ground truths; the reference image stays in the pool
+    genecis = TASKS["genecis_change_object"].read(data)
+    assert all(len(gallery) == 3 for gallery in genecis.galleries)  # target + its own 2-image gallery
+    assert TASKS["ccneg"].read(data).galleries[1] == [2, 3]
+
+
+def test_ccneg_keeps_the_last_rows_and_strips_commas(data: Path) -> None:
+    from umarvel_st.data.zeroshot.readers import read_ccneg
+
+    read = read_ccneg(data / "ccneg", last_rows=2)
+    assert len(read.queries) == 2 and read.queries[0].images[0].endswith("000000004.jpg")
+    assert read.candidates[1].text == "one shape a orange circle at the top left"  # caption of item 5, comma gone
+
+
+def test_video_sampling_rules(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    assert video.frame_count(300, 30.0) == 20  # 10 s at 2 fps
+    assert video.frame_count(10, 30.0) == 4  # at least 4
+    assert video.frame_count(7, 1.0) == 6  # at most the clip's frames, even
+    assert video.frame_count(100, 25.0, nframes=12) == 12
+    assert video.frame_pixels(12) == 768 * 28 * 28
+    assert video.frame_pixels(2000) == int(128 * 28 * 28 * 1.05)
+    frames = [Image.new("RGB", (48, 36), (i * 20, 0, 0)) for i in range(5)]
+    path = tmp_path / "short.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:], duration=100)
+    with caplog.at_level(logging.WARNING):
+        sampled = video.read_video_frames(path, nframes=12)
+    assert len(sampled) == 12 and "fewer than the 12" in caplog.text  # short clip: frames repeated, warned
+    width, height = sampled[0].size
+    assert width % 28 == 0 and height % 28 == 0 and width * height >= 128 * 28 * 28  # small videos upscaled
+
+
+def test_bad_videos_are_refused(tmp_path: Path) -> None:
+    broken = tmp_path / "broken.gif"
+    broken.write_bytes(b"GIF89a not really")
+    with pytest.raises(ValueError, match="cannot be decoded"):
+        video.read_video_frames(broken)
+    with pytest.raises(ValueError, match="does not exist"):
+        video.read_video_frames(tmp_path / "missing.gif")
+
+
+def test_wrong_layout_names_the_missing_file_and_the_layout(data: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"flickr_text\.json is missing.*5 captions per image"):
+        TASKS["flickr30k"].read(tmp_path)
+    copy = tmp_path / "msvd"
+    shutil.copytree(data / "msvd", copy)
+    (copy / "YouTubeClips" / "clip_2.gif").unlink()
+    with pytest.raises(ValueError, match=r"no video clip_2"):
+        TASKS["msvd"].read(copy)
+
+
+def test_targets_outside_the_pool_are_refused(data: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "circo"
+    shutil.copytree(data / "circo", copy)
+    queries = json.loads((copy / "annotations/val.json").read_text())
+    queries[1]["gt_img_ids"].append(99)
+    (copy / "annotations/val.json").write_text(json.dumps(queries))
+    with pytest.raises(ValueError, match=r"query 1 .* \[99\]"):
+        TASKS["circo"].read(copy)
+    copy = tmp_path / "fashioniq_multiturn"
+    shutil.copytree(data / "fashioniq_multiturn", copy)
+    rows = json.loads((copy / "data/all.val.json").read_text())
+    rows[0]["target"][1] = "nowhere"
+    (copy / "data/all.val.json").write_text(json.dumps(rows))
+    with pytest.raises(ValueError, match="'nowhere', which is not in"):
+        TASKS["fashioniq_multiturn"].read(copy)
+
+
+class _Gadget:
+    def __reduce__(self):
+        return (print, ("ran",))
+
+
+def test_msvd_captions_pickle_may_not_name_code(data: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "msvd"
+    shutil.copytree(data / "msvd", copy)
+    (copy / "raw-captions.pkl").write_bytes(pickle.dumps({"clip_0": _Gadget()}))
+    with pytest.raises(ValueError, match="only plain dicts"):
+        TASKS["msvd"].read(copy)
+
+
+def test_circo_ground_truth_must_start_with_the_target(data: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "circo"
+    shutil.copytree(data / "circo", copy)
+    queries = json.loads((copy / "annotations/val.json").read_text())
+    queries[2]["gt_img_ids"].reverse()
+    (copy / "annotations/val.json").write_text(json.dumps(queries))
+    with pytest.raises(ValueError, match="query 2 .* must start with target_img_id"):
+        TASKS["circo"].read(copy)
+
+
+def test_a_video_without_frames_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    empty = tmp_path / "empty.gif"
+    Image.new("RGB", (8, 8)).save(empty)
+    monkeypatch.setattr(video, "_decode", lambda path: ([], 25.0))  # a container whose stream decodes no frame
+    with pytest.raises(ValueError, match="holds no frame"):
+        video.read_video_frames(empty)
