@@ -264,6 +264,7 @@ def run_rerank_stage(recipe: Any, stage: Any, init: Path, folder: Path, dataset:
 
     from ..reranker import reranker_from_mllm
     from .lora import apply_lora, freeze_vision, merge_lora
+    from .runner import training_arguments
 
     set_seed(recipe.seed)
     model = reranker_from_mllm(str(init), max_pixels=stage.max_pixels)
@@ -273,27 +274,7 @@ def run_rerank_stage(recipe: Any, stage: Any, init: Path, folder: Path, dataset:
         freeze_vision(model)
     pointwise = stage.loss == "pointwise"
     checkpoints = folder / "checkpoints"
-    args = CrossEncoderTrainingArguments(
-        output_dir=str(checkpoints),
-        per_device_train_batch_size=stage.batch_size,
-        num_train_epochs=stage.epochs,
-        max_steps=stage.max_steps,
-        learning_rate=stage.lr,
-        weight_decay=stage.weight_decay,
-        lr_scheduler_type="cosine",
-        warmup_steps=stage.warmup_ratio,
-        max_grad_norm=stage.max_grad_norm,
-        bf16=torch.cuda.is_available(),
-        gradient_checkpointing=stage.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        save_strategy="steps",
-        save_steps=stage.save_steps,
-        save_total_limit=2,
-        logging_steps=stage.logging_steps,
-        seed=recipe.seed,
-        report_to=[],
-        deepspeed=recipe.deepspeed,
-    )
+    args = training_arguments(CrossEncoderTrainingArguments, recipe, stage, checkpoints, stage.epochs)
     loss = PointwiseLMLoss(model) if pointwise else BinaryCrossEntropyLoss(model)
     trainer = _Trainer(model=model, args=args, train_dataset=dataset, loss=loss)
     done = [path for path in checkpoints.glob("checkpoint-*") if (path / "trainer_state.json").is_file()]

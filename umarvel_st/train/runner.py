@@ -374,6 +374,45 @@ def _stage_model(init: Path, stage: StageConfig) -> SentenceTransformer:
     return model
 
 
+def training_arguments(args_class: type, recipe: Recipe, stage: StageConfig, output_dir: Path, epochs: int) -> Any:
+    """A stage's trainer arguments, the same for embedder and re-ranker stages.
+
+    Args:
+        args_class: ``SentenceTransformerTrainingArguments`` or ``CrossEncoderTrainingArguments``.
+        recipe: The recipe (seed, DeepSpeed config).
+        stage: The stage.
+        output_dir: The stage's checkpoint folder.
+        epochs: Epochs to run (1 where the data stacks the epochs' draws).
+    """
+    import torch
+
+    return args_class(
+        output_dir=str(output_dir),
+        per_device_train_batch_size=stage.batch_size,
+        num_train_epochs=epochs,
+        max_steps=stage.max_steps,
+        learning_rate=stage.lr,
+        weight_decay=stage.weight_decay,
+        lr_scheduler_type="cosine",
+        warmup_steps=stage.warmup_ratio,  # a float below 1 is a ratio of the total steps (transformers 5)
+        max_grad_norm=stage.max_grad_norm,
+        optim="adamw_torch",
+        bf16=torch.cuda.is_available(),
+        gradient_checkpointing=stage.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False},
+        save_strategy="steps",
+        save_steps=stage.save_steps,
+        save_total_limit=2,
+        logging_steps=stage.logging_steps,
+        seed=recipe.seed,
+        report_to=[],
+        dataloader_drop_last=False,
+        deepspeed=recipe.deepspeed,
+        # The only buffers are fixed rotary tables; broadcasting them hung a 2-process gloo run (tests/test_distributed).
+        ddp_broadcast_buffers=False,
+    )
+
+
 def run_stage(
     recipe: Recipe,
     index: int,
@@ -395,7 +434,6 @@ def run_stage(
         settings: The stage's effective settings (:func:`stage_settings`), recorded before training starts.
         evaluator: An :class:`~umarvel_st.evaluation.mbeir_evaluator.MBEIREvaluator` to score the stage's model.
     """
-    import torch
     from transformers import set_seed
 
     from .lora import apply_lora, freeze_vision, merge_lora
@@ -423,31 +461,7 @@ def run_stage(
     # M-BEIR draws fresh positives and instructions per epoch by stacking the epochs' draws into the dataset.
     epochs = 1 if stage.data["kind"] in ("mbeir", "mbeir_negatives") else stage.epochs
     checkpoints = folder / "checkpoints"
-    args = SentenceTransformerTrainingArguments(
-        output_dir=str(checkpoints),
-        per_device_train_batch_size=stage.batch_size,
-        num_train_epochs=epochs,
-        max_steps=stage.max_steps,
-        learning_rate=stage.lr,
-        weight_decay=stage.weight_decay,
-        lr_scheduler_type="cosine",
-        warmup_steps=stage.warmup_ratio,  # a float below 1 is a ratio of the total steps (transformers 5)
-        max_grad_norm=stage.max_grad_norm,
-        optim="adamw_torch",
-        bf16=torch.cuda.is_available(),
-        gradient_checkpointing=stage.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False},
-        save_strategy="steps",
-        save_steps=stage.save_steps,
-        save_total_limit=2,
-        logging_steps=stage.logging_steps,
-        seed=recipe.seed,
-        report_to=[],
-        dataloader_drop_last=False,
-        deepspeed=recipe.deepspeed,
-        # The only buffers are fixed rotary tables; broadcasting them hung a 2-process gloo run (tests/test_distributed).
-        ddp_broadcast_buffers=False,
-    )
+    args = training_arguments(SentenceTransformerTrainingArguments, recipe, stage, checkpoints, epochs)
     # Under torchrun / accelerate every query is scored against the candidates of all processes (global batch).
     if stage.loss == "distill":  # stage 5: KL to the re-ranker teacher over each query's own candidates
         loss = RerankerDistillationLoss(model, temperature=tau)
