@@ -18,7 +18,7 @@ ROWS = {
 
 
 def main() -> None:
-    """Print one line per row and pool: the per-task score (hit@k, %) and the average."""
+    """Print one line per row and pool: the per-task score (hit@k, %) and the average (re-ranked where re-ranked)."""
     header = None
     for pool in ("local", "global"):
         for name, label in ROWS.items():
@@ -31,8 +31,10 @@ def main() -> None:
                 header = list(tasks)
                 print("| pool | row | " + " | ".join(header) + " | average |")
                 print("|---|---|" + "---|" * (len(header) + 1))
-            cells = " | ".join(f"{100 * tasks[task]['score']:.1f}" for task in header)
-            print(f"| {pool} | {label} | {cells} | **{100 * report['average']:.1f}** |")
+            scores = {task: tasks[task].get("rerank", tasks[task])["score"] for task in header}
+            average = report.get("rerank", report)["average"]
+            cells = " | ".join(f"{100 * scores[task]:.1f}" for task in header)
+            print(f"| {pool} | {label} | {cells} | **{100 * average:.1f}** |")
 
 
 if __name__ == "__main__":
