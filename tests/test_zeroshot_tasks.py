@@ -194,3 +194,22 @@ def test_a_video_without_frames_is_refused(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setattr(video, "_decode", lambda path: ([], 25.0))  # a container whose stream decodes no frame
     with pytest.raises(ValueError, match="holds no frame"):
         video.read_video_frames(empty)
+
+
+def test_an_mp4_video_decodes_with_pyav(tmp_path: Path) -> None:
+    """MSR-VTT and MSVD ship .mp4 / .avi files: they decode through PyAV (a base dependency) at their own frame rate."""
+    import av
+    import numpy as np
+
+    path = tmp_path / "clip.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for index in range(30):  # 3 s at 10 fps
+            image = Image.new("RGB", (64, 48), (index * 8, 255 - index * 8, 0))
+            container.mux(stream.encode(av.VideoFrame.from_image(image)))
+        container.mux(stream.encode())
+    sampled = video.read_video_frames(path)
+    assert len(sampled) == video.frame_count(30, 10.0) == 6  # 2 fps over 3 s
+    first, last = np.asarray(sampled[0].convert("RGB")), np.asarray(sampled[-1].convert("RGB"))
+    assert first[..., 1].mean() > last[..., 1].mean() + 100  # the frames run from green to red, in order

@@ -5,8 +5,8 @@ Frames are sampled at 2 fps (at least 4, at most 768, an even count) or a fixed 
 ``max(min(768*28*28, 24576*28*28 / n * 2), int(128*28*28 * 1.05))`` pixels with at least ``128*28*28`` (small
 videos are upscaled), bicubic.
 
-GIF files decode with PIL (the synthetic copies use them); other containers (``.mp4``, ``.avi``) need PyAV
-(``pip install av``). A clip shorter than a fixed frame count (the reference raises there) is sampled with repeated
+GIF files decode with PIL (the synthetic copies use them); other containers (``.mp4``, ``.avi``) through PyAV
+(a dependency). A clip shorter than a fixed frame count (the reference raises there) is sampled with repeated
 frames and a warning, so one short clip does not end a long evaluation. An undecodable or empty file raises a
 ``ValueError`` naming it.
 """
@@ -62,12 +62,8 @@ def _decode(path: Path) -> tuple[list[Image.Image], float]:
         except (OSError, ValueError) as error:
             raise ValueError(f"Video {path} cannot be decoded: {error}.") from error
         return frames, 1000.0 / (sum(durations) / max(len(durations), 1))
-    try:
-        import av
-    except ImportError as error:
-        raise ImportError(
-            f"Decoding {path.suffix} videos needs PyAV: pip install av (GIF files decode without it)."
-        ) from error
+    import av  # PyAV, a dependency: MSR-VTT and MSVD ship .mp4 / .avi files
+
     try:
         with av.open(str(path)) as container:
             stream = container.streams.video[0]
@@ -86,7 +82,7 @@ def read_video_frames(path: str | Path, nframes: int | None = None) -> list[Imag
     """Decode ``path`` and return the sampled, resized frames (an even count).
 
     Args:
-        path: A video file (GIF; ``.mp4`` / ``.avi`` with PyAV installed).
+        path: A video file (GIF through PIL; ``.mp4``, ``.avi`` and the rest through PyAV).
         nframes: A fixed frame count (MSVD: 12), or ``None`` for 2 fps sampling.
 
     Raises:
