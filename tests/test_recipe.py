@@ -50,7 +50,7 @@ def write_recipe(tmp_path: Path, extra: str = "", pairs: Path | None = None) -> 
         ("stages.0.max_steps=0", r"stages\.0\.max_steps: must be -1 \(all epochs\) or > 0"),
         ("stages.0.max_pixels=10", r"stages\.0\.max_pixels: must be >= 3136"),
         ("stages.0.name=../escape", r"stages\.0\.name: '\.\./escape' is not a valid stage name"),
-        ("stages.0.name=/tmp/abs", r"stages\.0\.name: '/tmp/abs' is not a valid stage name"),
+        ("stages.0.name=/abs/stage", r"stages\.0\.name: '/abs/stage' is not a valid stage name"),
         ("stages.0.name=..", r"stages\.0\.name: '\.\.' is not a valid stage name"),
         ("stages.0.data={kind: pairs}", r"stages\.0\.data\.path: 'pairs' data needs this option"),
         (
