@@ -230,6 +230,9 @@ def test_cli_end_to_end_on_the_tiny_model(
     assert main(args) == 0  # the rerun reuses every cached embedding
     assert [path.stat().st_mtime_ns for path in shards] == stamps
     assert json.loads((tmp_path / "out/results.json").read_text())["tasks"] == results["tasks"]
+    (tmp_path / "report.txt").write_text("")
+    with pytest.raises(ValueError, match="report.txt' is a file, not a folder"):
+        main([*args, "--output", str(tmp_path / "report.txt" / "sub")])  # the last --output wins
 
 
 @pytest.mark.slow

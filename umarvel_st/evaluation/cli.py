@@ -89,6 +89,17 @@ def check_model_name(model: str) -> None:
         raise ValueError(f"--model {model!r} is not an existing folder and not a Hub id ('org/name'). Check the path.")
 
 
+def check_output_dir(output: Path) -> None:
+    """Refuse a report folder that exists as a file, before any encoding.
+
+    Raises:
+        ValueError: Naming the path and the fix.
+    """
+    for path in (output, *output.parents):
+        if path.exists() and not path.is_dir():
+            raise ValueError(f"--output {str(output)!r}: {str(path)!r} is a file, not a folder. Name a report folder.")
+
+
 def load_model(model: str, device: str | None = None) -> Any:
     """Load the model to evaluate.
 
@@ -128,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     output = Path(args.output) if args.output else Path("mbeir_results") / f"{model_name}_{args.pool}_{args.split}"
     cache_dir = Path(args.cache_dir) if args.cache_dir else output / "embeddings"
     check_model_name(args.model)
+    check_output_dir(output)
     # Keep each model's embeddings apart even if --cache-dir is shared (the cache also checks the model's content).
     location = str(Path(args.model).resolve()) if Path(args.model).exists() else args.model
     model_key = hashlib.sha1(location.encode()).hexdigest()[:12]
