@@ -52,17 +52,9 @@ def markdown_report(results: dict[str, Any], command: str | None = None) -> str:
     lines += [f"| {task} | {key} | {ours:.1f} | {_cell(paper)} |" for task, key, ours, paper in rows(results)]
     lines += ["", "## Protocol per task", ""]
     for name, row in results["tasks"].items():
-        exact = "exact" if row["exact_rendering"] else "**differs from the reference**"
-        lines.append(
-            f"- **{name}** ({row['queries']} queries, {row['candidates']} candidates; encoder rendering {exact})"
-        )
-        lines.append(f"  - query: `{row['example']['query']!r}`")
-        lines.append(f"  - candidate: `{row['example']['candidate']!r}`")
-        if not row["exact_rendering"]:
-            lines.append(
-                f"  - encoder renders: `{row['encoder_example']['query']!r}` / "
-                f"`{row['encoder_example']['candidate']!r}`"
-            )
+        lines.append(f"- **{name}** ({row['queries']} queries, {row['candidates']} candidates)")
+        lines.append(f"  - query as tokenized: `{row['example']['query']!r}`")
+        lines.append(f"  - candidate as tokenized: `{row['example']['candidate']!r}`")
         if row["notes"]:
             lines.append(f"  - {row['notes']}")
     return "\n".join(lines) + "\n"

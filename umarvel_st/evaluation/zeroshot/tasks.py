@@ -155,8 +155,7 @@ _TASKS: list[ZeroShotTask] = [
         ks=(5, 8, 10),
         report_k=(5,),
         paper={"r@5": 65.7},
-        notes="instruction first, then image/feedback per round; the encoder takes one image per item, so the "
-        "round images are joined side by side into one image (an approximation of the reference's several images)",
+        notes="instruction first, then image/feedback per round, each round image its own vision block",
     ),
     ZeroShotTask(
         "ccneg",
