@@ -236,3 +236,18 @@ def test_content_items_on_the_other_backbones(tiny_backbone_factory, model_type,
     same = {"content": [image(IMAGE), instruction("Find it."), text(" a red kite." + SUFFIX_WITH_IMAGE)]}
     old, new = model[0].preprocess([legacy]), model[0].preprocess([same])
     assert torch.equal(old["input_ids"], new["input_ids"])
+
+
+# ------------------------------------------------------------------ legacy: causal attention on unpadded batches
+def test_legacy_causal_attention_only_on_unpadded_batches(model):
+    encoder = model[0]
+    item, longer = "a red kite over the sea", "a much longer caption of a red kite flying high over the grey sea"
+    alone, in_padded_batch = model.encode([item]), model.encode([item, longer])[:1]
+    np.testing.assert_allclose(alone, in_padded_batch, atol=1e-5)  # bidirectional either way by default
+    encoder.legacy_causal_unpadded = True
+    try:
+        causal_alone, padded = model.encode([item]), model.encode([item, longer])[:1]
+    finally:
+        encoder.legacy_causal_unpadded = False
+    assert np.abs(causal_alone - alone).max() > 1e-3  # one item, no padding: causal, as the reference
+    np.testing.assert_allclose(padded, alone, atol=1e-5)  # a padded batch stays bidirectional

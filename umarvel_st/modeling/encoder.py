@@ -39,7 +39,7 @@ from typing import Any, Literal
 import torch
 from sentence_transformers.base.modules import Transformer
 from transformers import AutoImageProcessor
-from transformers.masking_utils import create_bidirectional_mask
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
 from .backbones import get_backbone
 from .inputs import (
@@ -98,6 +98,10 @@ class UMarvelTransformer(Transformer):
         train_generation_prompt: Keep the generation prompt while the module is in train mode. ``False`` (the
             reference's training layout): in train mode the generation-prompt tokens are masked out in ``forward``,
             whatever mode the batch was collated in; ``generation_prompt`` then only affects inference.
+        legacy_causal_unpadded: Reproduce a bug of the reference (off by default): a batch without padding (one
+            item, or items of equal length) gets causal attention instead of bidirectional, because the reference
+            passes no mask there and the attention kernel then falls back to causal. The official zero-shot numbers
+            have it on every video (encoded one at a time) and on many equal-size image batches.
         max_seq_length: Most tokens per item (``None``: 1024, the cut of the reference's M-BEIR evaluation). Only
             text is cut, token-exactly, after the last token that fits; image tokens and the template are never cut
             (an item whose image and template alone exceed it is an error). Raise it for long documents.
@@ -141,6 +145,7 @@ class UMarvelTransformer(Transformer):
         "image_backend",
         "max_image_pixels",
         "train_generation_prompt",
+        "legacy_causal_unpadded",
         "max_seq_length",
     ]
 
@@ -157,6 +162,7 @@ class UMarvelTransformer(Transformer):
         allow_urls: bool = False,
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         train_generation_prompt: bool = False,
+        legacy_causal_unpadded: bool = False,
         max_seq_length: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -164,6 +170,7 @@ class UMarvelTransformer(Transformer):
             "summarize_suffix": summarize_suffix,
             "generation_prompt": generation_prompt,
             "train_generation_prompt": train_generation_prompt,
+            "legacy_causal_unpadded": legacy_causal_unpadded,
         }
         for name, value in flags.items():
             if not isinstance(value, bool):  # a string such as "false" would silently read as True
@@ -200,6 +207,7 @@ class UMarvelTransformer(Transformer):
         self.allow_urls = allow_urls
         self.max_image_pixels = max_image_pixels
         self.train_generation_prompt = train_generation_prompt
+        self.legacy_causal_unpadded = legacy_causal_unpadded
         self._templates: dict[tuple[str, bool], tuple[str, str, str, list[int]]] = {}
         self._content_templates: dict[tuple[tuple[str, ...], bool], list[tuple[str, str]]] = {}
         self._warned_query_without_instruction = False
@@ -642,7 +650,8 @@ class UMarvelTransformer(Transformer):
         features["pooling_mask"] = features["pooling_mask"] & ~hide
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Final hidden states (post-norm) under bidirectional attention, as ``token_embeddings``.
+        """Final hidden states (post-norm) under bidirectional attention (see ``legacy_causal_unpadded``), as
+        ``token_embeddings``.
 
         In train mode (unless ``train_generation_prompt``) a trailing generation prompt is masked out of
         ``attention_mask`` and ``pooling_mask`` first; see the module docstring.
@@ -655,12 +664,21 @@ class UMarvelTransformer(Transformer):
         inputs_embeds = self._merge_visual(features, inputs_embeds)
         position_ids = self._position_ids(features)  # (3, batch, seq)
         text_config = self.model.language_model.config
-        mask = create_bidirectional_mask(
-            config=text_config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            allow_is_bidirectional_skip=False,
-        )  # materialised even without padding: `None` would mean causal
+        if self.legacy_causal_unpadded and bool(attention_mask.all()):  # the reference's unpadded-batch fallback
+            mask = create_causal_mask(
+                config=text_config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                cache=None,
+                allow_is_causal_skip=False,
+            )
+        else:
+            mask = create_bidirectional_mask(
+                config=text_config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                allow_is_bidirectional_skip=False,
+            )  # materialised even without padding: `None` would mean causal
         output = self.model.language_model(
             inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids, use_cache=False
         )

@@ -42,9 +42,10 @@ def markdown_report(results: dict[str, Any], command: str | None = None) -> str:
         "- legacy flags on: "
         + (", ".join(f"`{flag}` ({LEGACY_FLAGS[flag]})" for flag in legacy) if legacy else "none"),
         "- paper: U-MARVEL (Qwen2-VL-7B), Tables 9-10",
-        "- not reproduced (spec section 7): the reference's causal attention on unpadded batches (every video, "
-        "equal-length batches) and its launcher-dependent candidate-side instruction masking; here attention is "
-        "always bidirectional and the instruction span always masked",
+        "- not reproduced (spec section 7) unless a legacy flag says so: the reference's causal attention on "
+        "unpadded batches (every video, equal-length batches; `--legacy causal_unpadded`) and its "
+        "launcher-dependent candidate-side instruction masking; by default attention is always bidirectional, and "
+        "the instruction span is always masked",
     ]
     if command:
         lines.append(f"- command: `{command}`")

@@ -74,9 +74,12 @@ def _encode_side(
             yield content_item(template.apply(raw), task.nframes)
 
     encoder = model[0]
-    saved = encoder.max_pixels, encoder.max_seq_length
+    saved = encoder.max_pixels, encoder.max_seq_length, encoder.legacy_causal_unpadded
     encoder.max_seq_length = no_truncation_length(encoder)  # the zero-shot reference never truncates
     encoder.max_pixels = task.image_max_pixels  # video files keep the video rule's frame size
+    encoder.legacy_causal_unpadded = task.causal_unpadded
+    if task.causal_unpadded and any(raw.video for raw in records):
+        batch_size = 1  # the reference encodes videos one at a time, so each one runs causal
     try:
         encode_to_store(
             store,
@@ -87,7 +90,7 @@ def _encode_side(
             show_progress_bar=show_progress_bar,
         )
     finally:
-        encoder.max_pixels, encoder.max_seq_length = saved
+        encoder.max_pixels, encoder.max_seq_length, encoder.legacy_causal_unpadded = saved
     return store.load()
 
 
@@ -187,6 +190,7 @@ def evaluate_task(
         "files": {str(path): describe_file(path) for path in data.files},
         "image_max_pixels": task.image_max_pixels,
         "nframes": task.nframes,
+        "causal_unpadded": task.causal_unpadded,
         "model": model_description or model_fingerprint(model),
     }
     sides = {}
