@@ -333,10 +333,9 @@ class UMarvelTransformer(Transformer):
                     atoms.append(("added", piece))
                 elif piece:
                     atoms.append(("plain", piece))
-            pads = {self.tokenizer.convert_ids_to_tokens(self.config.image_token_id): "image"}
-            pads[self.tokenizer.convert_ids_to_tokens(self.config.video_token_id)] = "video"
-            for index in range(len(atoms) - 1, 0, -1):  # <|vision_start|> pad <|vision_end|> -> one visual atom
-                if atoms[index] == ("added", atoms[index][1]) and atoms[index][1] in pads:
+            pads = self.tokenizer.convert_ids_to_tokens([self.config.image_token_id, self.config.video_token_id])
+            for index in range(len(atoms) - 2, 0, -1):  # <|vision_start|> pad <|vision_end|> -> one visual atom
+                if atoms[index][0] == "added" and atoms[index][1] in pads:
                     assert atoms[index - 1][0] == atoms[index + 1][0] == "added", "a pad sits between vision tokens"
                     atoms[index - 1 : index + 2] = [
                         ("visual", "".join(atom[1] for atom in atoms[index - 1 : index + 2]))
@@ -460,13 +459,9 @@ class UMarvelTransformer(Transformer):
         costs the budget, not their size. Frames from a video file keep the video rule's size."""
         options = {"allow_urls": self.allow_urls, "max_image_pixels": self.max_image_pixels}
         if is_content_item(value):
-            content = normalize_content(value, **options)
-            for part in content.parts:
-                if part.kind == "image":
-                    part.value = prepare_image(part.value, self.min_pixels, self.max_pixels)
-                elif part.kind == "video" and not part.sized:
-                    part.value = [prepare_image(frame, self.min_pixels, self.max_pixels) for frame in part.value]
-            return content
+            return normalize_content(
+                value, **options, prepare=lambda image: prepare_image(image, self.min_pixels, self.max_pixels)
+            )
         item = normalize_item(value, **options)
         if item.image is not None:
             item.image = prepare_image(item.image, self.min_pixels, self.max_pixels)

@@ -30,6 +30,7 @@ import ssl
 import threading
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import IO, Any, Literal
 from urllib.parse import urlsplit
@@ -687,7 +688,7 @@ def is_content_item(value: Any) -> bool:
     return isinstance(value, dict) and "content" in value and "role" not in value
 
 
-def _content_part(part: Any, position: int, limits: _Limits) -> Part:
+def _content_part(part: Any, position: int, limits: _Limits, prepare: Callable[[Image.Image], Image.Image]) -> Part:
     where = f"content part {position} {_describe(part)}"
     kind = part.get("type") if isinstance(part, dict) else None
     if kind not in CONTENT_PART_KEYS:
@@ -707,7 +708,7 @@ def _content_part(part: Any, position: int, limits: _Limits) -> Part:
                 raise ValueError("the instruction is empty; drop the part instead.")
             return Part(kind, value)
         if kind == "image":
-            return Part(kind, _open_image(value, limits))
+            return Part(kind, prepare(_open_image(value, limits)))
         nframes = part.get("nframes")
         from_file = isinstance(value, (str, os.PathLike))
         if nframes is not None and (not from_file or isinstance(nframes, bool) or not isinstance(nframes, int)):
@@ -716,17 +717,24 @@ def _content_part(part: Any, position: int, limits: _Limits) -> Part:
             raise ValueError(f"'nframes' must be a positive int, got {nframes}.")
         if from_file:
             return Part(kind, _open_video_file(value, limits, nframes), sized=True)
-        return Part(kind, _open_frames(value, limits))
+        return Part(kind, [prepare(frame) for frame in _open_frames(value, limits)])
     except (TypeError, ValueError) as error:
         raise type(error)(f"{where}: {error}") from error
 
 
 def normalize_content(
-    value: Any, *, allow_urls: bool = False, max_image_pixels: int | None = MAX_IMAGE_PIXELS
+    value: Any,
+    *,
+    allow_urls: bool = False,
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+    prepare: Callable[[Image.Image], Image.Image] = lambda image: image,
 ) -> Content:
     """Normalise a verbatim ``{"content": [parts]}`` item (see :data:`CONTENT_SUPPORTED`) into a :class:`Content`.
 
     Images and videos are decoded and checked as in :func:`normalize_item`; texts are kept exactly as given.
+    ``prepare`` (e.g. the encoder's pre-resize) runs on each image and frame as soon as its part is decoded, so an
+    item with many large images holds one of them at full size at a time; frames from a video file keep the
+    video rule's size.
 
     Raises:
         TypeError: If ``content`` is not a list, or a part's text is not a string.
@@ -740,7 +748,7 @@ def normalize_content(
         parts = value["content"]
         if not isinstance(parts, list):
             raise TypeError(f"'content' must be a list of parts, got {type(parts).__name__}. {CONTENT_SUPPORTED}")
-        content = Content([_content_part(part, position, limits) for position, part in enumerate(parts)])
+        content = Content([_content_part(part, position, limits, prepare) for position, part in enumerate(parts)])
         if sum(part.kind == "instruction" for part in content.parts) > 1:
             raise ValueError("it has more than one instruction part; join them into one.")
         if not any(part.kind in ("image", "video") or (part.kind == "text" and part.value) for part in content.parts):
