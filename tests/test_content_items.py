@@ -209,6 +209,9 @@ def test_bad_video_files_are_refused_naming_the_file(tmp_path):
         normalize_item({"video": "https://example.com/clip.mp4"})
     with pytest.raises(ValueError, match=r"Item .*clip\.mp4' does not exist"):
         normalize_item(str(tmp_path / "clip.mp4"))
+    clip = write_mp4(tmp_path / "clip.mp4", frames=4)
+    with pytest.raises(ValueError, match=r"Item .*clip\.mp4' has 64x48 frames, more than max_image_pixels=1,000"):
+        normalize_item(str(clip), max_image_pixels=1000)
 
 
 def test_long_videos_are_read_up_to_the_frame_cap(tmp_path, monkeypatch, caplog):
