@@ -510,8 +510,9 @@ class UMarvelTransformer(Transformer):
         """Turn items into model features.
 
         Args:
-            inputs: Items: ``str``, ``PIL.Image.Image``, a list of frames (video) or a dict with ``text``,
-                ``image``, ``video`` and ``instruction``.
+            inputs: Items: ``str`` (text, or an image or video file path), ``PIL.Image.Image``, a list of frames
+                (video), a dict with ``text``, ``image``, ``video`` and ``instruction``, or a verbatim
+                ``{"content": [parts]}`` item (see the class docstring).
             prompt: An instruction for every item (from ``encode_query(prompt=...)`` or ``prompt_name``). It goes
                 into the U-MARVEL instruction span, not a system turn. An item's own ``instruction`` wins.
             task: ``"query"`` / ``"document"`` from ``encode_query`` / ``encode_document``. An item is a query
@@ -524,8 +525,9 @@ class UMarvelTransformer(Transformer):
             tensors.
 
         Raises:
-            ValueError: If ``prompt`` is not a string, for text that is not valid Unicode, or for an item whose
-                image and template do not fit ``max_seq_length``; the message quotes the item.
+            ValueError: If ``prompt`` is not a string or is given with a verbatim item, for text that is not valid
+                Unicode, or for an item whose images and template do not fit ``max_seq_length``; the message quotes
+                the item.
         """
         if prompt is not None and not isinstance(prompt, str):
             # A ValueError: sentence-transformers retries a preprocess that raises TypeError without the prompt.
