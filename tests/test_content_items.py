@@ -254,3 +254,43 @@ def test_legacy_causal_attention_only_on_unpadded_batches(model):
         encoder.legacy_causal_unpadded = False
     assert np.abs(causal_alone - alone).max() > 1e-3  # one item, no padding: causal, as the reference
     np.testing.assert_allclose(padded, alone, atol=1e-5)  # a padded batch stays bidirectional
+
+
+def reference_ids(encoder, content: list[dict]) -> list[int]:
+    """The reference's ids: the whole chat rendered with the texts in place and tokenized in one processor pass."""
+    parts, images, videos = [], [], []
+    for part in content:
+        if part["type"] in ("text", "instruction"):
+            wrap = "<instruction_start>{}<instruction_end>" if part["type"] == "instruction" else "{}"
+            parts.append({"type": "text", "text": wrap.format(part["text"])})
+        else:
+            parts.append({"type": part["type"]})
+            (images if part["type"] == "image" else videos).append(part[part["type"]])
+    messages = [
+        {"role": "user", "content": parts},
+        {"role": "assistant", "content": [{"type": "text", "text": "<emb>."}]},
+    ]
+    chat = encoder.processor.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    processed = encoder.processor(text=[chat], images=images or None, videos=videos or None, return_tensors="pt")
+    return processed["input_ids"][0].tolist()
+
+
+@pytest.mark.parametrize("model_type", ["qwen2_vl", "qwen3_vl"])
+def test_ids_match_one_processor_pass_over_the_whole_chat(tiny_backbone_factory, model_type):
+    """Without typed special tokens, a verbatim item's ids are what the reference's one pass over the chat gives."""
+    model = umarvel_st.from_mllm(str(tiny_backbone_factory(model_type)))
+    encoder = model[0]
+    frames = [random_image(56, 56, seed) for seed in range(4)]
+    content = [
+        text("{'"),
+        instruction("Find me a similar image."),
+        text("'} first\n"),
+        image(random_image(56, 84, seed=5)),
+        text(" "),  # adjacent text parts are one run, tokenized together (" green" is one token), as in one pass
+        text("green, "),
+        {"type": "video", "video": frames},
+        text("and the end.\nSummarize above image in one word: "),
+    ]
+    features = encoder.preprocess([{"content": content}])
+    ids = features["input_ids"][0][features["attention_mask"][0].bool()].tolist()
+    assert ids == reference_ids(encoder, content)
