@@ -44,8 +44,9 @@ def test_a_cap_set_to_zero_after_building_is_refused_not_replaced_by_the_default
 
 
 @pytest.mark.parametrize("text", ["clip.mp4", "videos/cat.MOV", "/data/missing clip.mkv"])
-def test_a_string_naming_a_video_file_is_an_error_not_text(text):
-    with pytest.raises(ValueError, match="names a video file"):
+def test_a_string_naming_a_missing_video_file_is_an_error_not_text(text):
+    # A string naming a video file is a video (tests/test_content_items.py); a missing one is an error.
+    with pytest.raises(ValueError, match="video file .* does not exist"):
         normalize_item(text)
     assert normalize_item("we watched clip.mp4 yesterday").text  # a sentence stays text
 

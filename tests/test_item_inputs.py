@@ -109,10 +109,12 @@ def test_bad_data_uris_are_clear_errors(monkeypatch):
         normalize_item(uri)
 
 
-def test_video_file_string_is_an_error(tmp_path):
-    path = tmp_path / "clip.mp4"
+def test_video_file_string_is_a_video_and_an_undecodable_one_names_the_file(tmp_path):
+    path = (
+        tmp_path / "clip.mp4"
+    )  # ST's convention: a string naming a video file is a video (tests/test_content_items.py)
     path.write_bytes(b"\x00" * 16)
-    with pytest.raises(ValueError, match="Item .*: .*video file or URL.*list of images"):
+    with pytest.raises(ValueError, match=r"Item .*: video file '.*clip\.mp4' cannot be decoded"):
         normalize_item(str(path))
 
 

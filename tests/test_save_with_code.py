@@ -27,7 +27,7 @@ from umarvel_st.testing import BLOCK_UMARVEL_ST, install_in_hub_cache, make_test
 CHECKPOINT = Path(umarvel_st.__file__).parent / "assets" / "tiny-umarvel-qwen2vl"
 EMBEDDED = Path(umarvel_st.__file__).parent / "assets" / "umarvel-demo"
 REPO_ID = "org/u-marvel"
-SOURCE_FILES = ["backbones.py", "encoder.py", "inputs.py", "pooling.py", "remote_code.py"]
+SOURCE_FILES = ["backbones.py", "encoder.py", "inputs.py", "pooling.py", "remote_code.py", "video.py"]
 PROMPT_NAME = "cirr_task7"
 
 # Runs without umarvel_st: argv = plan.json, output folder. The plan holds the items and the loads to run in order:

@@ -59,3 +59,22 @@ def test_long_captions_are_not_truncated(tmp_path: Path, tiny_backbone_factory: 
     queries = np.load(tmp_path / "cache" / "sharegpt4v" / "queries" / "shard-00000.npy")
     assert not np.allclose(queries[0], queries[1])  # the last word still counts
     assert model[0].max_seq_length == 1024  # restored afterwards
+
+
+def test_legacy_causal_flag_encodes_videos_one_at_a_time_causally(
+    tmp_path: Path, tiny_backbone_factory: Callable[..., Path]
+) -> None:
+    from umarvel_st.evaluation.zeroshot.cli import evaluate
+    from umarvel_st.model import open_model
+
+    data = tmp_path / "zs"
+    assert main(["make-synthetic", "--zeroshot", str(data)]) == 0
+    model = open_model(tiny_backbone_factory("qwen2_vl"), device="cpu")
+    for legacy, cache in (((), "plain"), (("causal_unpadded",), "causal")):
+        results = evaluate(model, ["msrvtt"], data, tmp_path / cache, legacy=legacy, show_progress_bar=False)
+        assert results["legacy"] == list(legacy)
+    assert model[0].legacy_causal_unpadded is False  # restored after the task
+    plain, causal = (
+        np.load(tmp_path / cache / "msrvtt" / "candidates" / "shard-00000.npy") for cache in ("plain", "causal")
+    )
+    assert np.abs(plain - causal).max(axis=1).min() > 1e-3  # every video embedding changed

@@ -1,5 +1,5 @@
-"""Zero-shot tasks on their synthetic copies: the rendered prompt of one query and one candidate per dataset against
-the spec's rule (section 2), the readers' relevance structures, video sampling, and bad input."""
+"""Zero-shot tasks on their synthetic copies: the prompt the encoder tokenizes for one query and one candidate per
+dataset against the spec's rule (section 2), the readers' relevance structures, video sampling, and bad input."""
 
 from __future__ import annotations
 
@@ -12,10 +12,13 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from umarvel_st.data.zeroshot import video
+import umarvel_st
 from umarvel_st.data.zeroshot.synthetic import make_synthetic_zeroshot
-from umarvel_st.evaluation.zeroshot.items import render
+from umarvel_st.evaluation.zeroshot.items import content_item, encoded_user_text, render
 from umarvel_st.evaluation.zeroshot.tasks import TASKS, get_task
+from umarvel_st.modeling import video
+
+CHECKPOINT = str(Path(umarvel_st.__file__).parent / "assets" / "tiny-umarvel-qwen2vl")
 
 IS, IE = "<instruction_start>", "<instruction_end>"
 CAPTION = "one shape: a red circle at the top left"  # synthetic item 0
@@ -71,19 +74,44 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return root
 
 
+@pytest.fixture(scope="module")
+def encoder():
+    return umarvel_st.from_mllm(CHECKPOINT)[0]
+
+
+def tokenized(encoder, template, raw, nframes=None) -> tuple[str, str]:
+    """The template's user text and the one the encoder tokenizes (decoded from its ids) for ``raw``."""
+    parts = template.apply(raw)
+    return render(parts), encoded_user_text(encoder, content_item(parts, nframes))
+
+
 @pytest.mark.parametrize("name", sorted(EXPECTED))
-def test_rendered_query_and_candidate_follow_the_spec(data: Path, name: str) -> None:
+def test_encoder_tokenizes_the_spec_prompt_of_query_and_candidate(data: Path, encoder, name: str) -> None:
     task = TASKS[name]
     read = task.read(data)
-    query = render(task.query.apply(read.queries[0]))
-    candidate = render(task.candidate.apply(read.candidates[0]))
+    query, encoded_query = tokenized(encoder, task.query, read.queries[0], task.nframes)
+    candidate, encoded_candidate = tokenized(encoder, task.candidate, read.candidates[0], task.nframes)
     assert (query, candidate) == EXPECTED[name]
+    assert (encoded_query, encoded_candidate) == EXPECTED[name]  # what the model actually reads
 
 
-def test_urban1k_set_literal_is_an_opt_in_legacy_flag(data: Path) -> None:
+def test_instruction_is_the_real_marker_tokens_and_masked_in_task_items(data: Path, encoder) -> None:
+    task = TASKS["fashioniq_multiturn"]
+    features = encoder.preprocess([content_item(task.query.apply(task.read(data).queries[0]))])
+    ids, pooled = features["input_ids"][0], features["pooling_mask"][0]
+    start = (ids == encoder.instruction_start_id).nonzero().item()
+    end = (ids == encoder.instruction_end_id).nonzero().item()
+    assert not pooled[start : end + 1].any() and pooled[end + 1]  # the span is masked, the round image after it is not
+    image_pad = encoder.config.image_token_id
+    assert features["image_grid_thw"].shape[0] == 2  # FashionIQ's two round images, each its own vision block
+    runs = "".join("I" if token == image_pad else "." for token in ids.tolist()).split(".")
+    assert len([run for run in runs if run]) == 2
+
+
+def test_urban1k_set_literal_is_an_opt_in_legacy_flag(data: Path, encoder) -> None:
     task = get_task("urban1k", ("urban1k_set_literal",))
-    candidate = render(task.candidate.apply(task.read(data).candidates[0]))
-    assert candidate == f"[IMG]{{'{IS}Find an image caption describing the following everyday image.{IE}'}}"
+    candidate, encoded = tokenized(encoder, task.candidate, task.read(data).candidates[0])
+    assert candidate == encoded == f"[IMG]{{'{IS}Find an image caption describing the following everyday image.{IE}'}}"
     assert TASKS["urban1k"].image_max_pixels == 16384 * 28 * 28
     with pytest.raises(ValueError, match="Unknown legacy flags"):
         get_task("urban1k", ("causal",))
@@ -188,11 +216,15 @@ def test_circo_ground_truth_must_start_with_the_target(data: Path, tmp_path: Pat
         TASKS["circo"].read(copy)
 
 
-def test_a_video_without_frames_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    empty = tmp_path / "empty.gif"
-    Image.new("RGB", (8, 8)).save(empty)
-    monkeypatch.setattr(video, "_decode", lambda path: ([], 25.0))  # a container whose stream decodes no frame
-    with pytest.raises(ValueError, match="holds no frame"):
+def test_a_video_without_frames_is_refused(tmp_path: Path) -> None:
+    import av
+
+    empty = tmp_path / "empty.mp4"
+    with av.open(str(empty), "w") as container:  # a container closed before any frame was written
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        container.start_encoding()
+    with pytest.raises(ValueError, match=r"empty\.mp4' holds no"):
         video.read_video_frames(empty)
 
 

@@ -5,11 +5,15 @@ Why this module overrides ``preprocess`` and ``forward`` instead of using the st
 * **Inputs.** U-MARVEL does not use a system prompt for instructions (ST's default for chat models); it puts the
   instruction inside the user turn between ``<instruction_start>`` and ``<instruction_end>``, formats the text,
   appends a "Summarize above ..." suffix and an ``<emb>.`` assistant turn, and pre-resizes images to
-  multiples of 28. So the module renders the chat itself.
+  multiples of 28. So the module renders the chat itself. A verbatim item (``{"content": [parts]}``) skips the
+  formatting and the suffix: its text, instruction, image and video parts are rendered in order exactly as given,
+  as the reference's zero-shot evaluation writes its items (several images, text around them, no separators).
 * **User text stays text.** The chat template is tokenized without the user's text, which is tokenized on its
   own by the plain BPE pipeline (no added-token matching) and spliced in: ``<|im_end|>``, ``<|image_pad|>``,
-  ``<instruction_start>`` ... typed by a user are ordinary characters, never control tokens. Text that does not
-  fit ``max_seq_length`` is cut token-exactly (images and the template are never cut).
+  ``<instruction_start>`` ... typed by a user are ordinary characters, never control tokens. Each run of plain
+  text between two added tokens (template text included) is tokenized in one pass, as the reference's one pass
+  over the whole chat does. Text that does not fit ``max_seq_length`` is cut token-exactly (images, videos, the
+  instruction and the template are never cut).
 * **Training layout.** The reference trains without the trailing generation prompt and evaluates with it. The
   sentence-transformers trainer collates a batch *before* it puts the model in train mode, so the choice is
   made in ``forward``: in train mode the generation-prompt tokens are masked out (neither attended nor pooled),
@@ -29,12 +33,13 @@ Why this module overrides ``preprocess`` and ``forward`` instead of using the st
 from __future__ import annotations
 
 import logging
+import re
 from typing import Any, Literal
 
 import torch
 from sentence_transformers.base.modules import Transformer
 from transformers import AutoImageProcessor
-from transformers.masking_utils import create_bidirectional_mask
+from transformers.masking_utils import create_bidirectional_mask, create_causal_mask
 
 from .backbones import get_backbone
 from .inputs import (
@@ -45,9 +50,12 @@ from .inputs import (
     MAX_PIXELS,
     MIN_PIXELS,
     UMARVEL_TOKENS,
+    Content,
     Item,
     check_image_options,
     format_text,
+    is_content_item,
+    normalize_content,
     normalize_item,
     prepare_image,
     user_text,
@@ -61,6 +69,7 @@ ImageBackend = Literal["pil", "torchvision"]
 
 MAX_SEQ_LENGTH = 1024  # the reference's M-BEIR evaluation cuts candidate sequences at 1024 tokens
 _USER_TEXT = "\ue000"  # private-use character marking where the user text goes in the rendered template
+_MAX_CONTENT_SHAPES = 256  # verbatim-item chat templates kept rendered (one per sequence of part kinds)
 
 
 class UMarvelTransformer(Transformer):
@@ -89,6 +98,10 @@ class UMarvelTransformer(Transformer):
         train_generation_prompt: Keep the generation prompt while the module is in train mode. ``False`` (the
             reference's training layout): in train mode the generation-prompt tokens are masked out in ``forward``,
             whatever mode the batch was collated in; ``generation_prompt`` then only affects inference.
+        legacy_causal_unpadded: Reproduce a bug of the reference (off by default): a batch without padding (one
+            item, or items of equal length) gets causal attention instead of bidirectional, because the reference
+            passes no mask there and the attention kernel then falls back to causal. The official zero-shot numbers
+            have it on every video (encoded one at a time) and on many equal-size image batches.
         max_seq_length: Most tokens per item (``None``: 1024, the cut of the reference's M-BEIR evaluation). Only
             text is cut, token-exactly, after the last token that fits; image tokens and the template are never cut
             (an item whose image and template alone exceed it is an error). Raise it for long documents.
@@ -99,6 +112,28 @@ class UMarvelTransformer(Transformer):
 
     Batches are padded on the right. ``encode(output_value="token_embeddings")`` returns each item's own tokens
     (system turn, user turn, ``<emb>``, generation prompt), the same whatever its batch neighbours.
+
+    Items: text, images (PIL, arrays, paths, data URIs), videos (frame lists, 4-D arrays, or a video file path,
+    sampled at 2 fps as the reference), dicts with ``text`` / ``image`` / ``video`` / ``instruction``, chat
+    messages (see :func:`~umarvel_st.modeling.inputs.normalize_item`). Those are written as the reference's M-BEIR
+    evaluation writes them (formatted text, a space after the instruction, the suffix). A **verbatim item** is
+    rendered exactly as given instead, for prompts such as the reference's zero-shot ones::
+
+        {"content": [
+            {"type": "image", "image": "shirt_1.jpg"},
+            {"type": "text", "text": "is darker"},
+            {"type": "image", "image": "shirt_2.jpg"},
+            {"type": "instruction", "text": "Find a similar image."},  # at most one; masked from pooling
+            {"type": "text", "text": " with long sleeves"},
+            {"type": "video", "video": "clip.mp4", "nframes": 12},  # frames, or a file (2 fps, or nframes)
+        ]}
+
+    Its parts are rendered in order with nothing added between them (no formatting, no spaces, no suffix: write a
+    suffix as a text part), inside the same chat (system turn, user turn, ``<emb>.`` assistant turn, generation
+    prompt). Text parts are always text, never special tokens; the instruction part is wrapped in the real
+    ``<instruction_start>`` / ``<instruction_end>`` tokens and excluded from pooling; several images and videos
+    each get their own vision block. ``encode(..., prompt=...)`` does not apply to verbatim items (write the
+    instruction part instead). Over ``max_seq_length``, the last text tokens are dropped.
     """
 
     config_keys: list[str] = Transformer.config_keys + [
@@ -110,6 +145,7 @@ class UMarvelTransformer(Transformer):
         "image_backend",
         "max_image_pixels",
         "train_generation_prompt",
+        "legacy_causal_unpadded",
         "max_seq_length",
     ]
 
@@ -126,6 +162,7 @@ class UMarvelTransformer(Transformer):
         allow_urls: bool = False,
         max_image_pixels: int | None = MAX_IMAGE_PIXELS,
         train_generation_prompt: bool = False,
+        legacy_causal_unpadded: bool = False,
         max_seq_length: int | None = None,
         **kwargs: Any,
     ) -> None:
@@ -133,6 +170,7 @@ class UMarvelTransformer(Transformer):
             "summarize_suffix": summarize_suffix,
             "generation_prompt": generation_prompt,
             "train_generation_prompt": train_generation_prompt,
+            "legacy_causal_unpadded": legacy_causal_unpadded,
         }
         for name, value in flags.items():
             if not isinstance(value, bool):  # a string such as "false" would silently read as True
@@ -169,7 +207,9 @@ class UMarvelTransformer(Transformer):
         self.allow_urls = allow_urls
         self.max_image_pixels = max_image_pixels
         self.train_generation_prompt = train_generation_prompt
+        self.legacy_causal_unpadded = legacy_causal_unpadded
         self._templates: dict[tuple[str, bool], tuple[str, str, str, list[int]]] = {}
+        self._content_templates: dict[tuple[tuple[str, ...], bool], list[tuple[str, str]]] = {}
         self._warned_query_without_instruction = False
 
         processor_kwargs = {
@@ -259,6 +299,110 @@ class UMarvelTransformer(Transformer):
             self._templates[key] = (before[:cut], before[cut:], after, tail_ids)
         return self._templates[key]
 
+    def _content_atoms(self, kinds: tuple[str, ...], generation_prompt: bool) -> list[tuple[str, str]]:
+        """The chat of a verbatim item whose parts have ``kinds``, as atoms, rendered once per shape.
+
+        Returns:
+            ``("plain", text)`` template text, ``("added", token)`` an added token of the template, ``("part", "")``
+            where the next text or instruction part goes, and ``("visual", block)`` an image or video block
+            (``<|vision_start|><|image_pad|><|vision_end|>``, expanded by the processor), in order.
+        """
+        key = (kinds, generation_prompt)
+        if key not in self._content_templates:
+            content: list[dict[str, Any]] = []
+            for kind in kinds:
+                if kind == "text":
+                    content.append({"type": "text", "text": _USER_TEXT})
+                elif kind == "instruction":
+                    content.append({"type": "text", "text": f"{INSTRUCTION_START}{_USER_TEXT}{INSTRUCTION_END}"})
+                else:
+                    content.append({"type": kind})
+            messages = [
+                {"role": "user", "content": content},
+                {"role": "assistant", "content": [{"type": "text", "text": f"{EMB_TOKEN}."}]},
+            ]
+            rendered = self.processor.apply_chat_template(
+                messages, tokenize=False, add_generation_prompt=generation_prompt
+            )
+            pattern = "|".join(re.escape(token) for token in [_USER_TEXT, *self._added_token_texts])
+            atoms: list[tuple[str, str]] = []
+            for piece in re.split(f"({pattern})", rendered):
+                if piece == _USER_TEXT:
+                    atoms.append(("part", ""))
+                elif piece in self._added_token_texts:
+                    atoms.append(("added", piece))
+                elif piece:
+                    atoms.append(("plain", piece))
+            pads = self.tokenizer.convert_ids_to_tokens([self.config.image_token_id, self.config.video_token_id])
+            for index in range(len(atoms) - 2, 0, -1):  # <|vision_start|> pad <|vision_end|> -> one visual atom
+                if atoms[index][0] == "added" and atoms[index][1] in pads:
+                    assert atoms[index - 1][0] == atoms[index + 1][0] == "added", "a pad sits between vision tokens"
+                    atoms[index - 1 : index + 2] = [
+                        ("visual", "".join(atom[1] for atom in atoms[index - 1 : index + 2]))
+                    ]
+            assert sum(atom[0] == "visual" for atom in atoms) == sum(kind in ("image", "video") for kind in kinds)
+            if len(self._content_templates) >= _MAX_CONTENT_SHAPES:
+                self._content_templates.clear()
+            self._content_templates[key] = atoms
+        return self._content_templates[key]
+
+    def _content_ids(self, content: Content, blocks: list[list[int]], max_length: int) -> list[int]:
+        """Ids of a verbatim item: template atoms, its parts and the processor-expanded vision ``blocks``.
+
+        Each run of plain text between added tokens (template text and text parts) is tokenized in one pass by
+        :meth:`_text_ids`. Over ``max_length``, the last text-part tokens are dropped, run by run from the end
+        (the template, the instruction and the vision blocks are kept).
+        """
+        atoms = self._content_atoms(tuple(part.kind for part in content.parts), self.generation_prompt)
+        texts = iter(part for part in content.parts if part.kind in ("text", "instruction"))
+        visuals = iter(blocks)
+        pieces: list[list[int] | list[tuple[str, str]]] = []  # fixed ids, or a run of (source, text)
+        run: list[tuple[str, str]] = []
+        for kind, value in atoms:
+            if kind in ("plain", "part"):
+                part = next(texts) if kind == "part" else None
+                run.append(("template", value) if part is None else (part.kind, part.value))
+                continue
+            if run:
+                pieces.append(run)
+                run = []
+            pieces.append(next(visuals) if kind == "visual" else self.tokenizer.convert_tokens_to_ids([value]))
+        if run:
+            pieces.append(run)
+        ids = [self._text_ids("".join(text for _, text in piece)) if _is_run(piece) else piece for piece in pieces]
+        excess = sum(map(len, ids)) - max_length
+        if excess <= 0:
+            return [token for piece in ids for token in piece]
+        text_runs = [
+            index
+            for index, piece in enumerate(pieces)
+            if _is_run(piece) and any(source == "text" and text for source, text in piece)
+        ]
+        emptied = 0
+        for index in reversed(text_runs):
+            if excess <= 0:
+                break
+            sources = [source for source, _ in pieces[index]]
+            first, last = sources.index("text"), len(sources) - sources[::-1].index("text")
+            assert set(sources[first:last]) == {"text"}, "template text only around the text parts of a run"
+            lead, body, trail = (
+                "".join(text for _, text in pieces[index][start:stop])
+                for start, stop in ((0, first), (first, last), (last, None))
+            )
+            lead_ids, body_ids, trail_ids = self._text_ids(lead), self._text_ids(body), self._text_ids(trail)
+            keep = max(0, len(ids[index]) - excess - len(lead_ids) - len(trail_ids))
+            cut = lead_ids + body_ids[:keep] + trail_ids
+            excess -= len(ids[index]) - len(cut)
+            ids[index] = cut
+            emptied += keep == 0
+        if excess > 0 or emptied == len(text_runs):
+            raise ValueError(
+                f"Item {_describe(content)}: its images, videos, instruction and the prompt template alone take "
+                f"{sum(map(len, ids))} tokens, leaving no room for its text within max_seq_length={max_length}. "
+                "Lower max_pixels or raise max_seq_length."
+            )
+        return [token for piece in ids for token in piece]
+
     def _text_ids(self, text: str) -> list[int]:
         """Token ids of user text that never contain an added token: ``"<|im_end|>"`` typed by a user stays text.
 
@@ -309,35 +453,56 @@ class UMarvelTransformer(Transformer):
             )
         return fixed + lead_ids + body_ids[:keep] + suffix_ids
 
-    def _normalize(self, value: Any) -> Item:
-        """One input as an :class:`Item`, its image or frames already resized to the pixel budget: only one
-        full-size decoded image is alive at a time, so a batch of large images costs the budget, not their size."""
-        item = normalize_item(value, allow_urls=self.allow_urls, max_image_pixels=self.max_image_pixels)
+    def _normalize(self, value: Any) -> Item | Content:
+        """One input as an :class:`Item` (or a verbatim :class:`Content`), its images or frames already resized to
+        the pixel budget: only one full-size decoded image per item is alive at a time, so a batch of large images
+        costs the budget, not their size. Frames from a video file keep the video rule's size."""
+        options = {"allow_urls": self.allow_urls, "max_image_pixels": self.max_image_pixels}
+        if is_content_item(value):
+            return normalize_content(
+                value, **options, prepare=lambda image: prepare_image(image, self.min_pixels, self.max_pixels)
+            )
+        item = normalize_item(value, **options)
         if item.image is not None:
             item.image = prepare_image(item.image, self.min_pixels, self.max_pixels)
-        if item.video is not None:
+        if item.video is not None and not item.video_sized:
             item.video = [prepare_image(frame, self.min_pixels, self.max_pixels) for frame in item.video]
         return item
 
-    def _process(self, items: list[Item]) -> tuple[list[tuple[str, str, str, list[int]]], dict[str, Any]]:
-        """Render every item's template and run the processor on it (images and videos included)."""
-        templates = [
-            self._template(
-                "image" if item.image is not None else "video" if item.video is not None else "text",
-                self.generation_prompt,
-            )
-            for item in items
-        ]
-        images = [item.image for item in items if item.image is not None]
-        videos = [item.video for item in items if item.video is not None]
+    def _process(self, items: list[Item | Content]) -> tuple[list[list[list[int]]], dict[str, Any]]:
+        """Run the processor once over the batch (images and videos included): an :class:`Item`'s template, and
+        each image or video block of a :class:`Content` on its own.
+
+        Returns:
+            Each item's processor rows (ids without padding; one per Item, one per vision block of a Content) and
+            the processor outputs.
+        """
+        texts: list[str] = []
+        images: list[Any] = []
+        videos: list[Any] = []
+        owners: list[int] = []
+        for index, item in enumerate(items):
+            if isinstance(item, Content):
+                atoms = self._content_atoms(tuple(part.kind for part in item.parts), self.generation_prompt)
+                texts += [block for kind, block in atoms if kind == "visual"]
+                images += [part.value for part in item.parts if part.kind == "image"]
+                videos += [part.value for part in item.parts if part.kind == "video"]
+                owners += [index] * sum(part.kind in ("image", "video") for part in item.parts)
+                continue
+            head, _, tail, _ = self._template(_kind(item), self.generation_prompt)
+            texts.append(head + tail)
+            images += [item.image] if item.image is not None else []
+            videos += [item.video] if item.video is not None else []
+            owners.append(index)
+        rows: list[list[list[int]]] = [[] for _ in items]
+        if not texts:
+            return rows, {}
         processed = self.processor(
-            text=[head + tail for head, _, tail, _ in templates],
-            images=images or None,
-            videos=videos or None,
-            padding=True,
-            return_tensors="pt",
+            text=texts, images=images or None, videos=videos or None, padding=True, return_tensors="pt"
         )
-        return templates, processed
+        for owner, ids, mask in zip(owners, processed["input_ids"], processed["attention_mask"], strict=True):
+            rows[owner].append(ids[mask.bool()].tolist())
+        return rows, processed
 
     def preprocess(
         self, inputs: list[Any], prompt: str | None = None, task: str | None = None, **kwargs: Any
@@ -345,8 +510,9 @@ class UMarvelTransformer(Transformer):
         """Turn items into model features.
 
         Args:
-            inputs: Items: ``str``, ``PIL.Image.Image``, a list of frames (video) or a dict with ``text``,
-                ``image``, ``video`` and ``instruction``.
+            inputs: Items: ``str`` (text, or an image or video file path), ``PIL.Image.Image``, a list of frames
+                (video), a dict with ``text``, ``image``, ``video`` and ``instruction``, or a verbatim
+                ``{"content": [parts]}`` item (see the class docstring).
             prompt: An instruction for every item (from ``encode_query(prompt=...)`` or ``prompt_name``). It goes
                 into the U-MARVEL instruction span, not a system turn. An item's own ``instruction`` wins.
             task: ``"query"`` / ``"document"`` from ``encode_query`` / ``encode_document``. An item is a query
@@ -359,8 +525,9 @@ class UMarvelTransformer(Transformer):
             tensors.
 
         Raises:
-            ValueError: If ``prompt`` is not a string, for text that is not valid Unicode, or for an item whose
-                image and template do not fit ``max_seq_length``; the message quotes the item.
+            ValueError: If ``prompt`` is not a string or is given with a verbatim item, for text that is not valid
+                Unicode, or for an item whose images and template do not fit ``max_seq_length``; the message quotes
+                the item.
         """
         if prompt is not None and not isinstance(prompt, str):
             # A ValueError: sentence-transformers retries a preprocess that raises TypeError without the prompt.
@@ -370,6 +537,11 @@ class UMarvelTransformer(Transformer):
             )
         items = [self._normalize(value) for value in inputs]
         for item in items:
+            if prompt and isinstance(item, Content):
+                raise ValueError(
+                    f"Item {_describe(item)}: a verbatim item is rendered as given, so the prompt {prompt!r} does not "
+                    "apply to it. Write the instruction as a {'type': 'instruction', 'text': ...} part instead."
+                )
             if prompt and item.instruction is None:
                 item.instruction = prompt
             _check_unicode(item)
@@ -383,12 +555,14 @@ class UMarvelTransformer(Transformer):
         max_length = MAX_SEQ_LENGTH if max_length is None else max_length
         if isinstance(max_length, bool) or not isinstance(max_length, int) or max_length <= 0:
             raise ValueError(f"max_seq_length must be a positive int or None (1024), got {max_length!r}.")
-        templates, processed = self._process(items)
+        processor_rows, processed = self._process(items)
         rows = []
-        for item, (_, lead, _, tail_ids), ids, mask in zip(
-            items, templates, processed["input_ids"], processed["attention_mask"], strict=True
-        ):
-            ids = ids[mask.bool()].tolist()
+        for item, item_rows in zip(items, processor_rows, strict=True):
+            if isinstance(item, Content):
+                rows.append(self._content_ids(item, item_rows, max_length))
+                continue
+            _, lead, _, tail_ids = self._template(_kind(item), self.generation_prompt)
+            (ids,) = item_rows
             split = len(ids) - len(tail_ids)
             assert ids[split:] == tail_ids, "the template tail starts with an added token"
             rows.append(ids[:split] + self._user_ids(item, lead, max_length - len(ids), max_length) + ids[split:])
@@ -473,7 +647,8 @@ class UMarvelTransformer(Transformer):
         features["pooling_mask"] = features["pooling_mask"] & ~hide
 
     def forward(self, features: dict[str, Any], **kwargs: Any) -> dict[str, Any]:
-        """Final hidden states (post-norm) under bidirectional attention, as ``token_embeddings``.
+        """Final hidden states (post-norm) under bidirectional attention (see ``legacy_causal_unpadded``), as
+        ``token_embeddings``.
 
         In train mode (unless ``train_generation_prompt``) a trailing generation prompt is masked out of
         ``attention_mask`` and ``pooling_mask`` first; see the module docstring.
@@ -486,12 +661,21 @@ class UMarvelTransformer(Transformer):
         inputs_embeds = self._merge_visual(features, inputs_embeds)
         position_ids = self._position_ids(features)  # (3, batch, seq)
         text_config = self.model.language_model.config
-        mask = create_bidirectional_mask(
-            config=text_config,
-            inputs_embeds=inputs_embeds,
-            attention_mask=attention_mask,
-            allow_is_bidirectional_skip=False,
-        )  # materialised even without padding: `None` would mean causal
+        if self.legacy_causal_unpadded and bool(attention_mask.all()):  # the reference's unpadded-batch fallback
+            mask = create_causal_mask(
+                config=text_config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                cache=None,
+                allow_is_causal_skip=False,
+            )
+        else:
+            mask = create_bidirectional_mask(
+                config=text_config,
+                inputs_embeds=inputs_embeds,
+                attention_mask=attention_mask,
+                allow_is_bidirectional_skip=False,
+            )  # materialised even without padding: `None` would mean causal
         output = self.model.language_model(
             inputs_embeds=inputs_embeds, attention_mask=mask, position_ids=position_ids, use_cache=False
         )
@@ -517,8 +701,21 @@ def _with_dtype(model_kwargs: dict[str, Any]) -> dict[str, Any]:
     return model_kwargs
 
 
-def _describe(item: Item) -> str:
+def _kind(item: Item) -> str:
+    """The template kind of an :class:`Item`: ``"image"``, ``"video"`` or ``"text"``."""
+    return "image" if item.image is not None else "video" if item.video is not None else "text"
+
+
+def _is_run(piece: list[Any]) -> bool:
+    """Whether a piece of :meth:`UMarvelTransformer._content_ids` is a run of texts (not fixed ids)."""
+    return bool(piece) and isinstance(piece[0], tuple)
+
+
+def _describe(item: Item | Content) -> str:
     """A short description of an item for error messages (``encode`` reorders items, so no index)."""
+    if isinstance(item, Content):
+        parts = [repr(part.value[:20]) if isinstance(part.value, str) else part.kind for part in item.parts]
+        return "{'content': [" + ", ".join(parts[:6]) + (", ..." if len(parts) > 6 else "") + "]}"
     text = item.text if len(item.text) <= 40 else item.text[:37] + "..."
     parts = [repr(text)] if item.text else []
     if item.image is not None:
@@ -528,10 +725,13 @@ def _describe(item: Item) -> str:
     return " ".join(parts)
 
 
-def _check_unicode(item: Item) -> None:
+def _check_unicode(item: Item | Content) -> None:
     """Refuse text that cannot be encoded as UTF-8 (lone surrogates, e.g. from a bad ``surrogateescape`` decode)."""
-    for field in ("text", "instruction"):
-        value = getattr(item, field) or ""
+    if isinstance(item, Content):
+        fields = [(f"{part.kind} part", part.value) for part in item.parts if isinstance(part.value, str)]
+    else:
+        fields = [(field, getattr(item, field) or "") for field in ("text", "instruction")]
+    for field, value in fields:
         try:
             value.encode("utf-8")
         except UnicodeEncodeError as error:

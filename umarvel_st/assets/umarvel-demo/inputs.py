@@ -5,8 +5,11 @@ The rules (spec section 1): ``format`` the text, wrap a query's instruction in `
 dropping alpha, and pre-resize them to multiples of 28 within a pixel budget (Qwen's ``smart_resize``).
 
 Items follow sentence-transformers' input conventions (``sentence_transformers.base.modality``): a bare string
-that names an image (a ``data:image/...`` URI, an image URL or an image file path) is an image; a 3-D
-``numpy.ndarray`` / ``torch.Tensor`` is an image and a 4-D one a video; chat messages are one item. Images are
+that names an image (a ``data:image/...`` URI, an image URL or an image file path) is an image, one that names a
+video file is a video (decoded and sampled as the reference, :mod:`.video`); a 3-D ``numpy.ndarray`` /
+``torch.Tensor`` is an image and a 4-D one a video; chat messages are one item. A ``{"content": [parts]}`` dict is
+a verbatim item (:class:`Content`): its parts are rendered exactly as given, in order, with none of the rules
+above applied to its text. Images are
 untrusted input, so they are bounded before any work: the pixel count is checked from the header before decoding
 (``max_image_pixels``), base64 and downloaded bytes are capped at :data:`MAX_IMAGE_BYTES`, and URLs are fetched
 only when the caller allows it, from public addresses, within :data:`URL_TIMEOUT_S` seconds in total.
@@ -27,8 +30,9 @@ import ssl
 import threading
 import time
 import warnings
-from dataclasses import dataclass
-from typing import IO, Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import IO, Any, Literal
 from urllib.parse import urlsplit
 
 import torch
@@ -58,7 +62,7 @@ MAX_IMAGE_BYTES = 20 * 1024 * 1024
 URL_TIMEOUT_S = 10.0
 #: Image file extensions of sentence-transformers' ``is_image_url_or_path`` (a test keeps the two in sync).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".gif", ".bmp", ".tiff", ".webp")
-#: Video file extensions of sentence-transformers' ``is_video_url_or_path`` (named video files are refused).
+#: Video file extensions of sentence-transformers' ``is_video_url_or_path`` (a path string with one is a video).
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mov", ".wmv", ".flv", ".mkv")
 #: 16-bit and 32-bit integer modes, converted to 8 bits by value range (see :func:`to_rgb`).
 INTEGER_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
@@ -66,16 +70,51 @@ INTEGER_HIGH_BIT_MODES = ("I;16", "I;16B", "I;16L", "I;16N", "I")
 
 @dataclass
 class Item:
-    """One normalised input: optional text, optional image or video frames, optional instruction."""
+    """One normalised input: optional text, optional image or video frames, optional instruction.
+
+    ``video_sized`` marks frames decoded from a video file, already sized by the video rule (:mod:`.video`), which
+    the encoder's image pixel budget leaves as they are.
+    """
 
     text: str = ""
     image: Image.Image | None = None
     video: list[Image.Image] | None = None
     instruction: str | None = None
+    video_sized: bool = False
 
     @property
     def has_visual(self) -> bool:
         return self.image is not None or self.video is not None
+
+
+PartKind = Literal["text", "instruction", "image", "video"]
+CONTENT_PART_KEYS: dict[str, set[str]] = {
+    "text": {"type", "text"},
+    "instruction": {"type", "text"},
+    "image": {"type", "image"},
+    "video": {"type", "video", "nframes"},
+}
+
+
+@dataclass
+class Part:
+    """One part of a :class:`Content` item: a text or instruction string, a decoded image, or video frames
+    (``sized``: decoded from a file and already sized by the video rule)."""
+
+    kind: PartKind
+    value: Any
+    sized: bool = False
+
+
+@dataclass
+class Content:
+    """A verbatim item: parts rendered in order exactly as given (no formatting, no added spaces, no suffix)."""
+
+    parts: list[Part] = field(default_factory=list)
+
+    @property
+    def instruction(self) -> str | None:
+        return next((part.value for part in self.parts if part.kind == "instruction"), None)
 
 
 def format_text(text: str) -> str:
@@ -499,6 +538,18 @@ def _is_single_image(value: Any) -> bool:
     )
 
 
+def _open_video_file(value: str | os.PathLike[str], limits: _Limits, nframes: int | None = None) -> list[Image.Image]:
+    """Frames sampled from a video file by the reference's rule (2 fps, or ``nframes``); URLs are refused."""
+    text = os.fsdecode(value)
+    if _URL_SCHEME.match(text):
+        raise ValueError(
+            f"{_describe(text)} is a video URL; videos are not downloaded. Download the file and pass its path."
+        )
+    from .video import read_video_frames  # imported here: video.py imports this module
+
+    return read_video_frames(text, nframes, limits.max_image_pixels)
+
+
 def _open_frames(value: Any, limits: _Limits) -> list[Image.Image]:
     """Video frames from a list of images or a 4-D array; an odd count gets its last frame repeated.
 
@@ -584,11 +635,15 @@ def _from_messages(value: Any, limits: _Limits) -> Item:
             f"the user message has {len(texts)} text and {len(visuals)} image/video parts. {MESSAGES_SUPPORTED}"
         )
     kind, visual = visuals[0] if visuals else (None, None)
+    from_file = kind == "video" and isinstance(visual, (str, os.PathLike))
     return Item(
         text=texts[0] if texts else "",
         image=_open_image(visual, limits) if kind == "image" else None,
-        video=_open_frames(visual, limits) if kind == "video" else None,
+        video=(_open_video_file(visual, limits) if from_file else _open_frames(visual, limits))
+        if kind == "video"
+        else None,
         instruction=instruction,
+        video_sized=from_file,
     )
 
 
@@ -597,7 +652,7 @@ def _from_dict(value: dict[str, Any], limits: _Limits) -> Item:
     if unknown:
         raise ValueError(
             f"unknown keys {sorted(unknown)}; an item dict may have {sorted(ITEM_KEYS)} (or be a chat message "
-            "with 'role' and 'content')."
+            "with 'role' and 'content', or a verbatim item with only 'content')."
         )
     text = value.get("text")
     if text is not None and not isinstance(text, str):
@@ -611,21 +666,102 @@ def _from_dict(value: dict[str, Any], limits: _Limits) -> Item:
         raise ValueError("give either 'image' or 'video', not both.")
     if image is not None and not _is_single_image(image) and (isinstance(image, (list, tuple)) or _is_array(image)):
         raise ValueError("'image' must be one image; pass video frames as 'video'.")
+    from_file = isinstance(video, (str, os.PathLike))
     return Item(
         text=text or "",
         image=None if image is None else _open_image(image, limits),
-        video=None if video is None else _open_frames(video, limits),
+        video=None if video is None else _open_video_file(video, limits) if from_file else _open_frames(video, limits),
         instruction=instruction,
+        video_sized=from_file,
     )
+
+
+CONTENT_SUPPORTED = (
+    "A verbatim item is {'content': [parts]} with parts {'type': 'text', 'text': str}, {'type': 'image', "
+    "'image': image}, {'type': 'video', 'video': frames or a video file path (optionally 'nframes': int)} and at "
+    "most one {'type': 'instruction', 'text': str}."
+)
+
+
+def is_content_item(value: Any) -> bool:
+    """Whether ``value`` is a verbatim ``{"content": [parts]}`` item (a dict with ``content`` and no ``role``)."""
+    return isinstance(value, dict) and "content" in value and "role" not in value
+
+
+def _content_part(part: Any, position: int, limits: _Limits, prepare: Callable[[Image.Image], Image.Image]) -> Part:
+    where = f"content part {position} {_describe(part)}"
+    kind = part.get("type") if isinstance(part, dict) else None
+    if kind not in CONTENT_PART_KEYS:
+        raise ValueError(f"{where} has no supported 'type'. {CONTENT_SUPPORTED}")
+    unknown = set(part) - CONTENT_PART_KEYS[kind]
+    key = "text" if kind in ("text", "instruction") else kind
+    if unknown or key not in part:
+        raise ValueError(
+            f"{where}: a {kind!r} part has the keys {sorted(CONTENT_PART_KEYS[kind])}. {CONTENT_SUPPORTED}"
+        )
+    value = part[key]
+    try:
+        if kind in ("text", "instruction"):
+            if not isinstance(value, str):
+                raise TypeError(f"its {key!r} must be a string, got {type(value).__name__}.")
+            if kind == "instruction" and not value:
+                raise ValueError("the instruction is empty; drop the part instead.")
+            return Part(kind, value)
+        if kind == "image":
+            return Part(kind, prepare(_open_image(value, limits)))
+        nframes = part.get("nframes")
+        from_file = isinstance(value, (str, os.PathLike))
+        if nframes is not None and (not from_file or isinstance(nframes, bool) or not isinstance(nframes, int)):
+            raise ValueError(f"'nframes' must be a positive int and needs a video file path, got {nframes!r}.")
+        if nframes is not None and nframes <= 0:
+            raise ValueError(f"'nframes' must be a positive int, got {nframes}.")
+        if from_file:
+            return Part(kind, _open_video_file(value, limits, nframes), sized=True)
+        return Part(kind, [prepare(frame) for frame in _open_frames(value, limits)])
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"{where}: {error}") from error
+
+
+def normalize_content(
+    value: Any,
+    *,
+    allow_urls: bool = False,
+    max_image_pixels: int | None = MAX_IMAGE_PIXELS,
+    prepare: Callable[[Image.Image], Image.Image] = lambda image: image,
+) -> Content:
+    """Normalise a verbatim ``{"content": [parts]}`` item (see :data:`CONTENT_SUPPORTED`) into a :class:`Content`.
+
+    Images and videos are decoded and checked as in :func:`normalize_item`; texts are kept exactly as given.
+    ``prepare`` (e.g. the encoder's pre-resize) runs on each image and frame as soon as its part is decoded, so an
+    item with many large images holds one of them at full size at a time; frames from a video file keep the
+    video rule's size.
+
+    Raises:
+        TypeError: If ``content`` is not a list, or a part's text is not a string.
+        ValueError: For extra keys, an unsupported part (naming its position), two instructions, or nothing to
+            embed; the message quotes the item.
+    """
+    limits = _Limits(allow_urls, max_image_pixels)
+    try:
+        if not is_content_item(value) or set(value) != {"content"}:
+            raise ValueError(f"a verbatim item is a dict with only the key 'content'. {CONTENT_SUPPORTED}")
+        parts = value["content"]
+        if not isinstance(parts, list):
+            raise TypeError(f"'content' must be a list of parts, got {type(parts).__name__}. {CONTENT_SUPPORTED}")
+        content = Content([_content_part(part, position, limits, prepare) for position, part in enumerate(parts)])
+        if sum(part.kind == "instruction" for part in content.parts) > 1:
+            raise ValueError("it has more than one instruction part; join them into one.")
+        if not any(part.kind in ("image", "video") or (part.kind == "text" and part.value) for part in content.parts):
+            raise ValueError("nothing to embed (no image, video or non-empty text part).")
+    except (TypeError, ValueError) as error:
+        raise type(error)(f"Item {_describe(value)}: {error}") from error
+    return content
 
 
 def _normalize(value: Any, limits: _Limits) -> Item:
     if isinstance(value, str):
         if is_video_url_or_path(value) or _path_like(value, VIDEO_EXTENSIONS):
-            raise ValueError(
-                f"{_describe(value)} names a video file or URL; videos are not decoded here. Pass the frames as a "
-                "list of images or a 4-D array."
-            )
+            return Item(video=_open_video_file(value, limits), video_sized=True)
         if _names_an_image(value):
             return Item(image=_open_image(value, limits))
         return Item(text=value)
@@ -645,8 +781,9 @@ def _normalize(value: Any, limits: _Limits) -> Item:
         return _from_dict(value, limits)
     raise TypeError(
         f"unsupported input {_describe(value)} of type {type(value).__name__}. Pass a str (text, or an image path, "
-        "URL or data URI), a PIL.Image.Image or 3-D array (image), a list of frames or a 4-D array (video), a dict "
-        "with 'text' / 'image' / 'video' / 'instruction', or chat messages."
+        "URL or data URI, or a video file path), a PIL.Image.Image or 3-D array (image), a list of frames or a 4-D "
+        "array (video), a dict with 'text' / 'image' / 'video' / 'instruction', a verbatim {'content': [parts]} "
+        "item, or chat messages."
     )
 
 
@@ -665,12 +802,14 @@ def normalize_item(value: Any, *, allow_urls: bool = False, max_image_pixels: in
 
     * ``str``: text; but a string that names an image (``data:image/...;base64,`` URI, ``http(s)://`` URL or file
       path ending in an image extension of sentence-transformers' list) is an image, and one that names a video
-      file is an error. A path that does not exist is an error, never text (pass ``{"text": ...}`` for such text);
-      a sentence with spaces that merely ends in a file name stays text.
+      file (``.mp4``, ``.avi``, ...) is a video, decoded and sampled as the reference (2 fps, 4 to 768 frames, an
+      even count, see :func:`.video.read_video_frames`; video URLs are refused). A path that does not exist is an
+      error, never text (pass ``{"text": ...}`` for such text); a sentence with spaces that merely ends in a file
+      name stays text.
     * ``PIL.Image.Image`` or a 3-D ``numpy.ndarray`` / ``torch.Tensor`` (HWC or CHW; uint8, or float in [0, 1]).
     * Video frames: a list of images or a 4-D array (an odd frame count gets its last frame repeated).
     * A dict with keys among ``text``, ``image`` (any image form above; a string is always an image reference
-      here), ``video`` and ``instruction``.
+      here), ``video`` (frames, or a video file path) and ``instruction``.
     * Chat messages (one message dict or a conversation, see :data:`MESSAGES_SUPPORTED`).
 
     Images are refused before decoding when their header declares more than ``max_image_pixels`` pixels, and URLs

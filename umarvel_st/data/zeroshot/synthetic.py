@@ -2,7 +2,7 @@
 
 Each dataset gets a few seeded images and captions drawn and worded as in the synthetic M-BEIR benchmark
 (:mod:`umarvel_st.data.synthetic`: one coloured shape per image, so the demo model trained there can score), written exactly where and how the real dataset stores them (see :data:`readers.LAYOUTS`); the two video
-datasets get short GIF clips (decoded with PIL, no video library needed). A ``SYNTHETIC`` marker file tells the
+datasets get short GIF clips (decoded with PyAV like the real .mp4 / .avi files). A ``SYNTHETIC`` marker file tells the
 reports that the numbers are not the real benchmark's.
 """
 

@@ -1,32 +1,22 @@
-"""Per-side item templates of the zero-shot tasks and the exact user text each produces (spec sections 1.2-1.4).
+"""Per-side item templates of the zero-shot tasks, as the encoder's verbatim items (spec sections 1.2-1.4).
 
-An item is an ordered list of parts: ``("text", str)``, ``("image", path)`` or ``("video", path)``, rendered back to
-back with no separator. A :class:`Template` turns a raw dataset record into parts: the instruction (wrapped in the
-literal ``<instruction_start>`` / ``<instruction_end>`` markers) goes before the record's text with a space or none,
-the text is optionally formatted (Flickr, GeneCIS), and the "Summarize above ..." suffix is optional (Flickr only).
-
-:func:`encoder_input` maps parts onto the package encoder's item (one visual, one text, one instruction);
-:func:`encoder_user_text` is the user text that encoder renders for it. Where the two differ (the encoder formats
-every text and always puts one space after the instruction; it takes one image) the report names the task.
+An item is an ordered list of parts, ``("text", str)``, ``("instruction", str)``, ``("image", path)`` or
+``("video", path)``, rendered back to back with no separator as the reference's chat template renders its content
+list. A :class:`Template` turns a raw dataset record into parts: the instruction goes before the record's text with
+a space or none (or first, before FashionIQ's rounds; or after the image with nothing behind it, Urban1K), the text
+is optionally formatted (Flickr, GeneCIS), and the "Summarize above ..." suffix is written as text (Flickr only).
+:func:`content_item` makes the encoder's verbatim ``{"content": [...]}`` item of the parts, which the encoder
+renders exactly as :func:`render` writes it.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
-from PIL import Image
-
 from ...data.zeroshot.readers import Raw
-from ...modeling.inputs import (
-    INSTRUCTION_END,
-    INSTRUCTION_START,
-    SUFFIX_TEXT_ONLY,
-    SUFFIX_WITH_IMAGE,
-    Item,
-    format_text,
-    user_text,
-)
+from ...modeling.inputs import INSTRUCTION_END, INSTRUCTION_START, SUFFIX_TEXT_ONLY, SUFFIX_WITH_IMAGE, format_text
 
 #: prompt1 of the reference (index 0 visual + text, 1 text only, 2 visual only); videos say "video".
 SUFFIXES = {
@@ -59,79 +49,58 @@ class Template:
     suffix: bool = False
     set_literal: bool = False
 
-    def span(self) -> str:
-        """The instruction as it appears in the user text (empty without one)."""
+    def span(self) -> list[tuple[str, str]]:
+        """The instruction parts (none without an instruction; braces around it with ``set_literal``)."""
         if not self.instruction:
-            return ""
-        span = f"{INSTRUCTION_START}{self.instruction}{INSTRUCTION_END}"
-        return f"{{'{span}'}}" if self.set_literal else span
+            return []
+        span = [("instruction", self.instruction)]
+        return [("text", "{'"), *span, ("text", "'}")] if self.set_literal else span
 
     def apply(self, raw: Raw) -> Parts:
         """The parts of ``raw``: visuals first, then instruction + join + text (+ suffix); rounds after the span."""
         if raw.rounds:
-            parts: list[tuple[str, str]] = [("text", self.span())] if self.instruction else []
+            parts = self.span()
             for image, text in raw.rounds:
                 parts += [("image", image), ("text", text)]
-            return tuple(parts)
+            return tuple(part for part in parts if part[1])
         visual = ("video", raw.video) if raw.video else ("image", raw.images[0]) if raw.images else None
         text = format_text(raw.text) if self.format else raw.text
-        body = self.span() + (self.join if self.instruction and text else "") + text
+        body = (self.join if self.instruction and text else "") + text
         if self.suffix:
             body += SUFFIXES[(visual[0] if visual else None, bool(text))]
-        return tuple(part for part in (visual, ("text", body)) if part and part[1])
+        return tuple(part for part in (visual, *self.span(), ("text", body)) if part and part[1])
 
 
 def render(parts: Parts) -> str:
     """The exact user text of ``parts`` with ``[IMG]`` / ``[VID]`` for the vision blocks."""
-    return "".join(PLACEHOLDERS.get(kind, value) if kind != "text" else value for kind, value in parts)
+    written = {"instruction": lambda value: f"{INSTRUCTION_START}{value}{INSTRUCTION_END}", "text": str}
+    return "".join(written[kind](value) if kind in written else PLACEHOLDERS[kind] for kind, value in parts)
 
 
-def _split_instruction(text: str) -> tuple[str | None, str]:
-    if INSTRUCTION_START not in text:
-        return None, text
-    before, rest = text.split(INSTRUCTION_START, 1)
-    instruction, after = rest.split(INSTRUCTION_END, 1)
-    return instruction, (before + after).removeprefix("'}").removeprefix(" ")
+def content_item(parts: Parts, nframes: int | None = None) -> dict[str, Any]:
+    """The encoder's verbatim item of ``parts``; video parts sample ``nframes`` frames (``None``: 2 fps)."""
+    content: list[dict[str, Any]] = []
+    for kind, value in parts:
+        if kind == "video":
+            content.append({"type": "video", "video": value, **({"nframes": nframes} if nframes else {})})
+        else:
+            content.append({"type": kind, "text" if kind in ("text", "instruction") else kind: value})
+    return {"content": content}
 
 
-def encoder_input(parts: Parts, suffix: bool, frames: list[Image.Image] | None = None) -> dict[str, Any]:
-    """The encoder item of ``parts``: its visual (several images side by side), its instruction and its text.
+_VISION = re.compile(r"<\|vision_start\|>(?:<\|(image|video)_pad\|>)+<\|vision_end\|>")
+_ASSISTANT = "<|im_end|>\n<|im_start|>assistant\n<emb>."
+
+
+def encoded_user_text(encoder: Any, item: Any) -> str:
+    """The user turn the encoder tokenizes for ``item``, decoded from its ids, vision blocks as ``[IMG]`` / ``[VID]``.
 
     Args:
-        parts: The item's parts.
-        suffix: Whether the task's template adds the suffix (stripped here: the encoder adds its own).
-        frames: Decoded frames of the video part, if any.
+        encoder: A :class:`~umarvel_st.modeling.UMarvelTransformer` (``model[0]``).
+        item: One encoder item.
     """
-    texts = "".join(value for kind, value in parts if kind == "text")
-    if suffix:
-        for ending in SUFFIXES.values():
-            texts = texts.removesuffix(ending)
-    instruction, text = _split_instruction(texts)
-    item: dict[str, Any] = {"text": text, "instruction": instruction}
-    images = [value for kind, value in parts if kind == "image"]
-    if frames is not None:
-        item["video"] = frames
-    elif len(images) == 1:
-        item["image"] = images[0]
-    elif images:
-        opened = [Image.open(path).convert("RGB") for path in images]
-        height = max(image.height for image in opened)
-        canvas = Image.new("RGB", (sum(image.width for image in opened), height))
-        left = 0
-        for image in opened:
-            canvas.paste(image, (left, 0))
-            left += image.width
-        item["image"] = canvas
-    return item
-
-
-def encoder_user_text(parts: Parts, suffix: bool) -> str:
-    """The user text the package encoder renders for ``parts`` (vision blocks as placeholders)."""
-    item = encoder_input(parts, suffix)
-    visuals = [kind for kind, _ in parts if kind != "text"]
-    visual = PLACEHOLDERS[visuals[0]] if visuals else ""
-    rendered = user_text(
-        Item(text=item["text"], image=Image.new("RGB", (1, 1)) if visuals else None, instruction=item["instruction"]),
-        summarize_suffix=suffix,
-    )
-    return visual + rendered
+    features = encoder.preprocess([item])
+    ids = features["input_ids"][0][features["attention_mask"][0].bool()]  # (seq,)
+    text = encoder.tokenizer.decode(ids, skip_special_tokens=False)
+    user = text[text.index("<|im_start|>user\n") + len("<|im_start|>user\n") : text.rindex(_ASSISTANT)]
+    return _VISION.sub(lambda match: PLACEHOLDERS[match.group(1)], user)

@@ -17,11 +17,10 @@ from typing import Any
 import numpy as np
 
 from ...data.zeroshot.readers import Raw, ZeroShotData
-from ...data.zeroshot.video import VIDEO_MAX_PIXELS, read_video_frames
 from ..embeddings import DEFAULT_SHARD_SIZE, EmbeddingStore, encode_to_store
 from ..fingerprint import model_fingerprint
 from . import metrics
-from .items import Template, encoder_input, encoder_user_text, render
+from .items import Template, content_item, encoded_user_text
 from .tasks import GROUP_PAPER, ZeroShotTask
 
 logger = logging.getLogger(__name__)
@@ -60,23 +59,27 @@ def _encode_side(
 ) -> np.ndarray:
     store = EmbeddingStore(
         store_dir,
-        {**fingerprint, "side": side, "template": asdict(template), "max_seq_length": no_truncation_length(model[0])},
+        {
+            **fingerprint,
+            "side": side,
+            "template": asdict(template),
+            "items": "verbatim",  # rendered as given by the encoder (earlier caches held M-BEIR-style items)
+            "max_seq_length": no_truncation_length(model[0]),
+        },
         shard_size,
     )
 
     def items_from(start: int) -> Iterator[dict[str, Any]]:
         for raw in records[start:]:
-            frames = read_video_frames(raw.video, task.nframes) if raw.video else None
-            yield encoder_input(template.apply(raw), template.suffix, frames)
+            yield content_item(template.apply(raw), task.nframes)
 
     encoder = model[0]
-    saved = encoder.summarize_suffix, encoder.max_pixels, encoder.max_seq_length
-    encoder.summarize_suffix = template.suffix
+    saved = encoder.max_pixels, encoder.max_seq_length, encoder.legacy_causal_unpadded
     encoder.max_seq_length = no_truncation_length(encoder)  # the zero-shot reference never truncates
-    # Video frames arrive already sized by the video rule (<= 768*28*28 px), so the encoder must not shrink them.
-    encoder.max_pixels = (
-        max(task.image_max_pixels, VIDEO_MAX_PIXELS) if task.dataset in ("msrvtt", "msvd") else (task.image_max_pixels)
-    )
+    encoder.max_pixels = task.image_max_pixels  # video files keep the video rule's frame size
+    encoder.legacy_causal_unpadded = task.causal_unpadded
+    if task.causal_unpadded and any(raw.video for raw in records):
+        batch_size = 1  # the reference encodes videos one at a time, so each one runs causal
     try:
         encode_to_store(
             store,
@@ -87,7 +90,7 @@ def _encode_side(
             show_progress_bar=show_progress_bar,
         )
     finally:
-        encoder.summarize_suffix, encoder.max_pixels, encoder.max_seq_length = saved
+        encoder.max_pixels, encoder.max_seq_length, encoder.legacy_causal_unpadded = saved
     return store.load()
 
 
@@ -176,9 +179,8 @@ def evaluate_task(
     the model encodes anything: encoding leaves padding state on its tokenizer, which the fingerprint includes.
 
     Returns:
-        ``{"scores", "reported", "paper", "queries", "candidates", "example", "exact_rendering", "notes"}``;
-        ``example`` holds the rendered user text of the first query and candidate, ``exact_rendering`` whether the
-        package encoder renders them exactly so.
+        ``{"scores", "reported", "paper", "group", "queries", "candidates", "example", "notes"}``; ``example`` holds
+        the user text the encoder tokenizes for the first query and candidate (decoded from its ids).
     """
     data = task.read(Path(data_root))
     if not data.queries or not data.candidates:
@@ -188,6 +190,7 @@ def evaluate_task(
         "files": {str(path): describe_file(path) for path in data.files},
         "image_max_pixels": task.image_max_pixels,
         "nframes": task.nframes,
+        "causal_unpadded": task.causal_unpadded,
         "model": model_description or model_fingerprint(model),
     }
     sides = {}
@@ -208,19 +211,18 @@ def evaluate_task(
             show_progress_bar,
         )
     numbers, reported = score_task(task, sides["queries"], sides["candidates"], data)
-    examples = {
-        side: template.apply(records[0])
+    examples = {}
+    encoder = model[0]
+    saved = encoder.max_pixels
+    encoder.max_pixels = task.image_max_pixels
+    try:
         for side, template, records in (
             ("query", task.query, data.queries),
             ("candidate", task.candidate, data.candidates),
-        )
-    }
-    exact = all(
-        render(parts) == encoder_user_text(parts, template.suffix)
-        for parts, template in ((examples["query"], task.query), (examples["candidate"], task.candidate))
-    )
-    if not exact:
-        logger.warning("Task %s: the encoder's rendering differs from the reference's (see the report).", task.name)
+        ):
+            examples[side] = encoded_user_text(encoder, content_item(template.apply(records[0]), task.nframes))
+    finally:
+        encoder.max_pixels = saved
     return {
         "scores": numbers,
         "reported": reported,
@@ -228,12 +230,7 @@ def evaluate_task(
         "group": task.group,
         "queries": len(data.queries),
         "candidates": len(data.candidates),
-        "example": {side: render(parts) for side, parts in examples.items()},
-        "encoder_example": {
-            side: encoder_user_text(parts, template.suffix)
-            for (side, parts), template in zip(examples.items(), (task.query, task.candidate), strict=True)
-        },
-        "exact_rendering": exact,
+        "example": examples,
         "notes": task.notes,
     }
 
