@@ -157,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         reranker=reranker,
         rerank_top=args.rerank_top,
         rerank_weight=args.rerank_weight,
+        reranker_tag=None if rerank is None else os.fspath(rerank),
     )
     step = "encoding, searching" + (" and re-ranking" if reranker is not None else " ")
     print(f"[3/4] {step.strip()} the held-out test queries of {len(evaluator.tasks)} tasks", flush=True)
