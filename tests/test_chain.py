@@ -226,3 +226,68 @@ def test_umarvel_distill_data_command(bench: Path, reranker: Path, tmp_path: Pat
     # Weight 0: the teacher is cos / 2, the cosine of the candidate in that column.
     cosines = {round(float(value) / 2, 5) for value in np.asarray(mined.scores("local")).ravel()}
     assert {round(value, 5) for row in rows["label"] for value in row} <= cosines
+
+
+DISTILL_WORKER = """
+import json, os, sys
+import umarvel_st.reranker
+from umarvel_st.train.distill import distillation_data
+
+load = umarvel_st.reranker.load_reranker
+scored = []
+
+
+def counting_load(*args, **kwargs):
+    model = load(*args, **kwargs)
+    predict = model.predict
+    model.predict = lambda pairs, **options: scored.append(len(pairs)) or predict(pairs, **options)
+    return model
+
+
+umarvel_st.reranker.load_reranker = counting_load
+model, reranker, root, output = sys.argv[1:5]
+options = json.loads(sys.argv[5])
+distillation_data(model, reranker, root, output, **options)
+with open(os.path.join(output, "..", f"rank-{os.environ['RANK']}.json"), "w") as handle:
+    json.dump(scored, handle)
+"""
+
+
+def test_two_processes_write_the_distillation_data_of_one_process(bench: Path, reranker: Path, tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from test_mining import _free_port
+
+    options = {"tasks": TASKS, "fraction": 1.0, "top_k": 4, "seed": 1, "chunk_size": 2, "show_progress_bar": False}
+    one = distillation_data(DEFAULT_MODEL, reranker, bench, tmp_path / "one", **options)
+    script = tmp_path / "worker.py"
+    script.write_text(DISTILL_WORKER)
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": os.pathsep.join(sys.path)}
+    env.pop("WORLD_SIZE", None)
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port"]
+    arguments = [str(DEFAULT_MODEL), str(reranker), str(bench), str(tmp_path / "two"), json.dumps(options)]
+    double = subprocess.run(
+        [*command, str(_free_port()), str(script), *arguments], env=env, capture_output=True, text=True, timeout=300
+    )
+    assert double.returncode == 0, double.stderr[-4000:]
+    two = tmp_path / "two"
+    # Each rank scored its own chunks (12 queries, 2 per chunk: 3 chunks each, every pair once in all).
+    scored = [json.loads((tmp_path / f"rank-{rank}.json").read_text()) for rank in (0, 1)]
+    assert all(len(calls) == 6 for calls in scored) and sum(map(sum, scored)) == 12 * 4
+    assert json.loads((two / "distill.json").read_text()) == json.loads((one / "distill.json").read_text())
+    files = sorted(path.name for path in (one / "chunks").iterdir())
+    assert files == sorted(path.name for path in (two / "chunks").iterdir()) and len(files) == 12
+    for name in files:
+        assert (two / "chunks" / name).read_text() == (one / "chunks" / name).read_text(), name
+    assert distill_dataset(two)["label"] == distill_dataset(one)["label"]
+
+    # Interrupted (chunks of both ranks lost): one process resumes the two processes' run to the same rows.
+    for name in ("rows-00000.jsonl", "rows-00003.jsonl"):
+        (two / "chunks" / name).unlink()
+    index = json.loads((two / "distill.json").read_text())
+    (two / "distill.json").write_text(json.dumps({**index, "complete": False}))
+    distillation_data(DEFAULT_MODEL, reranker, bench, two, **options)
+    for name in files:
+        assert (two / "chunks" / name).read_text() == (one / "chunks" / name).read_text(), name

@@ -138,6 +138,8 @@ def test_recipes_validate(tmp_path):
         "infonce", "symmetric", "infonce", "pointwise", "infonce", "distill", "pointwise",
     ]  # fmt: skip
     assert recipe.stages[2].learnable_temperature and recipe.stages[2].instructions
+    rerankers = [stage for stage in trained if stage.loss == "pointwise"]
+    assert [(stage.batch_size, stage.gradient_accumulation_steps) for stage in rerankers] == [(2, 4), (2, 4)]
     with pytest.raises(ValueError, match="stages.0.learning_rate: unknown stage key"):
         load_recipe("finetune", ["stages.0.learning_rate=1"])
     with pytest.raises(ValueError, match="data.kind"):
@@ -188,6 +190,8 @@ def test_paper_recipes_run_on_tiny_backbones_and_chain_stages(data, tmp_path, re
     assert configs["distill-data"]["inputs"]["reranker"] == str(run / "06-reranker" / "model")
     assert configs["image-text"]["init_from"] == str(run / "01-text" / "model")
     assert configs["text"]["temperature"] == pytest.approx(0.05)  # fixed
+    # The re-rankers keep the recipe's gradient accumulation: one optimizer step over 4 micro-batches.
+    assert configs["reranker"]["stage"]["gradient_accumulation_steps"] == 4
     assert final == run / "12-reranker-plus" / "model"
     scores = umarvel_st.load_reranker(final).predict([("a query", "a candidate")])
     assert np.isfinite(scores).all()

@@ -19,6 +19,11 @@ Resume. Rows are written in chunks of ``chunk_size`` queries (``chunks/rows-NNNN
 after an interruption a rerun scores only the missing chunks, and a finished folder with the same fingerprint
 (lists, re-ranker, options) is reused. Another fingerprint starts over (the chunks are removed).
 
+Scale-out. Under ``torchrun`` the mining is split as :func:`~umarvel_st.train.mining.mine` splits it, and rank r
+scores chunks r, r+W, r+2W, ... of the drawn queries (a chunk holds the same queries whichever rank scores it, one
+``predict`` call per query), so the chunks are those of one process; rank 0 writes ``distill.json`` once every chunk
+is there. A run resumes under any number of processes.
+
 Bad input: a drawn query with no positive in the pool, or whose top ``top_k`` holds only positives, gets no row (a
 KL over positives alone teaches nothing; both counts are logged and stored in ``distill.json``); a task weight for a
 task that is not mined raises; no row at all raises.
@@ -39,8 +44,8 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..data.mbeir import DID_BOUND, QID_BOUND, MBEIRData, hash_id
-from .mining import MinedLists, _candidate, mine, mining_instruction, model_folder_fingerprint
+from ..data.mbeir import DID_BOUND, QID_BOUND, MBEIRData, MBEIRTask, hash_id
+from .mining import MinedLists, _candidate, _World, mine, mining_instruction, model_folder_fingerprint
 
 logger = logging.getLogger(__name__)
 
@@ -122,9 +127,49 @@ def distillation_data(
     for name, weight in weights.items():
         if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not math.isfinite(weight):
             raise ValueError(f"task_weights[{name!r}] must be a finite number, got {weight!r}.")
+    world = _World.join()  # joined here, so that the mining inside keeps the process group up for the scoring
+    try:
+        return _distillation_data(
+            model,
+            reranker,
+            reranker_tag,
+            data,
+            selected,
+            weights,
+            output,
+            world,
+            fraction=fraction,
+            top_k=top_k,
+            seed=seed,
+            batch_size=batch_size,
+            chunk_size=chunk_size,
+            show_progress_bar=show_progress_bar,
+        )
+    finally:
+        world.leave()
+
+
+def _distillation_data(
+    model: str | Path,
+    reranker: str | Path,
+    reranker_tag: dict[str, Any],
+    data: MBEIRData,
+    selected: list[MBEIRTask],
+    weights: dict[str, float],
+    output: Path,
+    world: _World,
+    *,
+    fraction: float,
+    top_k: int,
+    seed: int,
+    batch_size: int,
+    chunk_size: int,
+    show_progress_bar: bool,
+) -> Path:
+    """:func:`distillation_data` in this process (rank ``world.rank`` of ``world.size``), after its checks."""
     mine(
         model,
-        data_root,
+        data.root,
         output / "lists",
         tasks=[task.name for task in selected],
         top_k=top_k,
@@ -149,12 +194,14 @@ def distillation_data(
     index = json.loads(index_path.read_text(encoding="utf-8")) if index_path.is_file() else None
     if index is not None and index["fingerprint"] == fingerprint and index.get("complete"):
         return output
-    if index is None or index["fingerprint"] != fingerprint:
-        if chunks.exists():
-            logger.warning("%s was made with other settings; starting over.", output)
-            shutil.rmtree(chunks)
-        _write_json(index_path, {"fingerprint": fingerprint, "complete": False})
-    chunks.mkdir(parents=True, exist_ok=True)
+    if world.rank == 0:
+        if index is None or index["fingerprint"] != fingerprint:
+            if chunks.exists():
+                logger.warning("%s was made with other settings; starting over.", output)
+                shutil.rmtree(chunks)
+            _write_json(index_path, {"fingerprint": fingerprint, "complete": False})
+        chunks.mkdir(parents=True, exist_ok=True)
+    world.barrier()
 
     split = mined.fingerprint["data"]["split"]
     queries = [
@@ -168,21 +215,21 @@ def distillation_data(
     candidates = {candidate.did: candidate for candidate in data.iter_candidates(pool)}
     did_of = {hash_id(did, DID_BOUND): did for did in candidates}
     dids, scores = mined.dids("local"), mined.scores("local")
-    counts = {"rows": 0, "no_positive": 0, "only_positives": 0}
+    num_chunks = -(-len(jobs) // chunk_size)
     scorer = None
-    for chunk, start in enumerate(
-        tqdm(range(0, len(jobs), chunk_size), desc="Distillation chunks", disable=not show_progress_bar)
-    ):
-        path = chunks / f"rows-{chunk:05d}.jsonl"
+    show = show_progress_bar and world.rank == 0
+    for chunk in tqdm(range(world.rank, num_chunks, world.size), desc="Distillation chunks", disable=not show):
+        path, start = chunks / f"rows-{chunk:05d}.jsonl", chunk * chunk_size
         if path.is_file():
-            for key, value in json.loads(path.with_suffix(".json").read_text(encoding="utf-8")).items():
-                counts[key] += value
             continue
         if scorer is None:
+            import torch
+
             from ..reranker import load_reranker
 
-            scorer = load_reranker(reranker)
-        lines, chunk_counts = [], {key: 0 for key in counts}
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', '0'))}" if torch.cuda.is_available() else None
+            scorer = load_reranker(reranker, device=device)
+        lines, chunk_counts = [], {"rows": 0, "no_positive": 0, "only_positives": 0}
         for task, query, row in jobs[start : start + chunk_size]:
             if int(mined.qids[row]) != hash_id(query.qid, QID_BOUND):
                 raise ValueError(f"{query.source}: the lists' row {row} is another query; mine again.")
@@ -211,7 +258,10 @@ def distillation_data(
         temporary = path.with_name(path.name + ".tmp")
         temporary.write_text("".join(line + "\n" for line in lines), encoding="utf-8")
         os.replace(temporary, path)  # the chunk's rows mark it done
-        for key, value in chunk_counts.items():
+    world.barrier()
+    counts = {"rows": 0, "no_positive": 0, "only_positives": 0}
+    for chunk in range(num_chunks):
+        for key, value in json.loads((chunks / f"rows-{chunk:05d}.json").read_text(encoding="utf-8")).items():
             counts[key] += value
     if counts["no_positive"] or counts["only_positives"]:
         logger.warning(
@@ -227,9 +277,9 @@ def distillation_data(
             f"No distillation rows: none of the {len(jobs)} drawn queries has a positive and a "
             f"non-positive among its top {top_k}."
         )
-    _write_json(
-        index_path, {"fingerprint": fingerprint, "complete": True, "chunks": -(-len(jobs) // chunk_size), **counts}
-    )
+    if world.rank == 0:
+        _write_json(index_path, {"fingerprint": fingerprint, "complete": True, "chunks": num_chunks, **counts})
+    world.barrier()
     return output
 
 

@@ -231,6 +231,14 @@ class StageConfig:
         default=1e-4, metadata={"help": "Peak learning rate (AdamW, cosine schedule).", "check": POSITIVE}
     )
     batch_size: int = field(default=60, metadata={"help": "Per-device batch size.", "check": POSITIVE})
+    gradient_accumulation_steps: int = field(
+        default=1,
+        metadata={
+            "help": "Micro-batches of batch_size accumulated into one optimizer step (the spec's re-ranker: 4). "
+            "In-batch losses (InfoNCE) still contrast within each micro-batch.",
+            "check": POSITIVE,
+        },
+    )
     epochs: int = field(default=1, metadata={"help": "Epochs over the data.", "check": POSITIVE})
     max_steps: int = field(
         default=-1, metadata={"help": "Stop after this many steps (-1: run all epochs).", "check": STEPS}

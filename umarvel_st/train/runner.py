@@ -58,6 +58,9 @@ RUN_CONFIG = "run_config.json"
 SETTINGS = "settings.json"
 # Stage fields that change how a run is logged or checkpointed, not the model it trains.
 BOOKKEEPING_FIELDS = ("logging_steps", "save_steps")
+# Stage fields added after runs were recorded, with their defaults: a field at its default is left out of the
+# settings, so records written before it existed stay valid (and a change from the default is still refused).
+LATER_FIELDS = {"kind": "train", "gradient_accumulation_steps": 1}
 
 
 def _stage_dir(recipe: Recipe, index: int, stage: StageConfig) -> Path:
@@ -101,9 +104,11 @@ def stage_settings(
     later stage), the base's for ``base``, and a digest of the files of an ``init_from`` folder. ``reads`` maps the
     earlier stages whose outputs the stage reads (``data.from``, ``data.reranker``) to their fingerprints.
     """
-    fields = {key: value for key, value in dataclasses.asdict(stage).items() if key not in BOOKKEEPING_FIELDS}
-    if fields["kind"] == "train":
-        del fields["kind"]  # the default: records written before steps existed stay valid
+    fields = {
+        key: value
+        for key, value in dataclasses.asdict(stage).items()
+        if key not in BOOKKEEPING_FIELDS and not (key in LATER_FIELDS and value == LATER_FIELDS[key])
+    }
     settings = {"stage": fields, "seed": seed, "input": input_fingerprint}
     if reads:
         settings["reads"] = reads
@@ -118,7 +123,9 @@ def _changes(recorded: dict[str, Any], current: dict[str, Any], stage_path: str)
         pairs = [(key, old.get(key, "<unset>"), new.get(key, "<unset>")) for key in keys]
         return [f"{prefix}{key}: {before!r} -> {after!r}" for key, before, after in pairs if before != after]
 
-    changes = differ(recorded.get("stage", {}), current.get("stage", {}), stage_path)
+    changes = differ(
+        {**LATER_FIELDS, **recorded.get("stage", {})}, {**LATER_FIELDS, **current.get("stage", {})}, stage_path
+    )
     for change in differ({**recorded, "stage": None}, {**current, "stage": None}, ""):
         if change.startswith("input:"):
             change = "input model (an earlier stage's settings, the base model or the init_from folder)"
@@ -389,6 +396,7 @@ def training_arguments(args_class: type, recipe: Recipe, stage: StageConfig, out
     return args_class(
         output_dir=str(output_dir),
         per_device_train_batch_size=stage.batch_size,
+        gradient_accumulation_steps=stage.gradient_accumulation_steps,
         num_train_epochs=epochs,
         max_steps=stage.max_steps,
         learning_rate=stage.lr,
