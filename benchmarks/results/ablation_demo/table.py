@@ -12,6 +12,7 @@ HERE = Path(__file__).parent
 ROWS = {
     "stage3": "stage 3 (`01-instruction`, shipped default)",
     "stage4": "stage 4 (`hard-negatives`)",
+    "stage4_suffix": "stage 4, `summarize_suffix` kept on",
     "stage5": "stage 5 (`distillation`)",
     "umarvel_plus": "U-MARVEL+ (stage 5 + `reranker-plus`, top 50, w 0.1)",
 }
