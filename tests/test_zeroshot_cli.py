@@ -41,6 +41,22 @@ def test_task_names_are_checked_before_loading_the_model(tmp_path: Path) -> None
         main(["eval", "zeroshot", "--task", "coco", "--data", str(tmp_path), "--model", str(tmp_path)])
     with pytest.raises(ValueError, match="--task NAME"):
         main(["eval", "zeroshot", "--data", str(tmp_path), "--model", str(tmp_path)])
+    (tmp_path / "report.txt").write_text("")
+    with pytest.raises(ValueError, match="report.txt' is a file, not a folder"):
+        main(
+            [
+                "eval",
+                "zeroshot",
+                "--task",
+                "msvd",
+                "--data",
+                str(tmp_path),
+                "--model",
+                str(tmp_path),
+                "--output",
+                str(tmp_path / "report.txt"),
+            ]
+        )
 
 
 def test_long_captions_are_not_truncated(tmp_path: Path, tiny_backbone_factory: Callable[..., Path]) -> None:

@@ -73,7 +73,7 @@ def evaluate(
 
 def run(args: argparse.Namespace) -> int:
     """Run ``umarvel eval zeroshot``."""
-    from ..cli import check_model_name, load_model
+    from ..cli import check_model_name, check_output_dir, load_model
     from .report import rows, write_report
 
     names = list(args.task or []) + (SUITES[args.suite] if args.suite else [])
@@ -84,6 +84,7 @@ def run(args: argparse.Namespace) -> int:
     model_name = Path(args.model.rstrip("/")).name or "model"
     output = Path(args.output) if args.output else Path("zeroshot_results") / model_name
     cache_dir = Path(args.cache_dir) if args.cache_dir else output / "embeddings"
+    check_output_dir(output)
     for name in names:
         get_task(name, tuple(args.legacy or ()))
     model = load_model(args.model, args.device)
