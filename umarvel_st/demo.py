@@ -19,7 +19,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .retrieve import DEFAULT_RERANK_TOP, DEFAULT_RERANK_WEIGHT
+from .retrieve import add_rerank_arguments
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_MODEL = ASSETS / "umarvel-demo"
@@ -107,15 +107,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="U-MARVEL+: also re-rank with this re-ranker (saved re-ranker folder, Hub id, or Qwen-VL checkpoint; "
         + ("default: retrieval only)" if DEFAULT_RERANKER is None else f"default: {DEFAULT_RERANKER})"),
     )
-    parser.add_argument(
-        "--rerank-top", type=int, default=DEFAULT_RERANK_TOP, help="candidates re-ranked per query (default: 50)"
-    )
-    parser.add_argument(
-        "--rerank-weight",
-        type=float,
-        default=DEFAULT_RERANK_WEIGHT,
-        help="final score = cos + weight * P(Yes) (default: 0.1)",
-    )
+    add_rerank_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:

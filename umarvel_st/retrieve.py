@@ -29,6 +29,19 @@ DEFAULT_RERANK_TOP = 50
 DEFAULT_RERANK_WEIGHT = 0.1
 
 
+def add_rerank_arguments(parser: Any) -> None:
+    """The ``--rerank-top`` / ``--rerank-weight`` options of the commands that re-rank (``eval mbeir``, ``demo``)."""
+    parser.add_argument(
+        "--rerank-top", type=int, default=DEFAULT_RERANK_TOP, help="candidates re-ranked per query (default: 50)"
+    )
+    parser.add_argument(
+        "--rerank-weight",
+        type=float,
+        default=DEFAULT_RERANK_WEIGHT,
+        help="final score = cos + weight * P(Yes) (default: 0.1)",
+    )
+
+
 class RankedCandidate(NamedTuple):
     """One result of :func:`retrieve_and_rerank`.
 

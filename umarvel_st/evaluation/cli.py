@@ -27,7 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data.mbeir import DEFAULT_INSTRUCTION_SEED, POOLS, SPLITS
-from ..retrieve import DEFAULT_RERANK_TOP, DEFAULT_RERANK_WEIGHT
+from ..retrieve import add_rerank_arguments
 from .embeddings import DEFAULT_SHARD_SIZE
 
 
@@ -61,15 +61,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="U-MARVEL+: re-rank the retrieved candidates with this re-ranker (saved re-ranker folder, Hub id, or "
         "Qwen-VL checkpoint)",
     )
-    parser.add_argument(
-        "--rerank-top", type=int, default=DEFAULT_RERANK_TOP, help="candidates re-ranked per query (default: 50)"
-    )
-    parser.add_argument(
-        "--rerank-weight",
-        type=float,
-        default=DEFAULT_RERANK_WEIGHT,
-        help="final score = cos + weight * P(Yes) (default: 0.1)",
-    )
+    add_rerank_arguments(parser)
     parser.add_argument("--no-progress-bar", action="store_true", help="hide progress bars")
     from .zeroshot.cli import add_arguments as add_zeroshot_arguments  # zero-shot suite options (issue 11)
 
