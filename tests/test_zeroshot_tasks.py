@@ -228,20 +228,44 @@ def test_a_video_without_frames_is_refused(tmp_path: Path) -> None:
         video.read_video_frames(empty)
 
 
-def test_an_mp4_video_decodes_with_pyav(tmp_path: Path) -> None:
-    """MSR-VTT and MSVD ship .mp4 / .avi files: they decode through PyAV (a base dependency) at their own frame rate."""
+def write_mp4(path: Path, count: int) -> Path:
+    """A 64x48 MPEG-4 clip of ``count`` frames at 10 fps, running from green to red."""
     import av
-    import numpy as np
 
-    path = tmp_path / "clip.mp4"
     with av.open(str(path), "w") as container:
         stream = container.add_stream("mpeg4", rate=10)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
-        for index in range(30):  # 3 s at 10 fps
-            image = Image.new("RGB", (64, 48), (index * 8, 255 - index * 8, 0))
+        for index in range(count):
+            image = Image.new("RGB", (64, 48), (index * 255 // count, 255 - index * 255 // count, 0))
             container.mux(stream.encode(av.VideoFrame.from_image(image)))
         container.mux(stream.encode())
+    return path
+
+
+def test_an_mp4_video_decodes_with_pyav(tmp_path: Path) -> None:
+    """MSR-VTT and MSVD ship .mp4 / .avi files: they decode through PyAV (a base dependency) at their own frame rate."""
+    import numpy as np
+
+    path = write_mp4(tmp_path / "clip.mp4", 30)  # 3 s at 10 fps
     sampled = video.read_video_frames(path)
     assert len(sampled) == video.frame_count(30, 10.0) == 6  # 2 fps over 3 s
     first, last = np.asarray(sampled[0].convert("RGB")), np.asarray(sampled[-1].convert("RGB"))
     assert first[..., 1].mean() > last[..., 1].mean() + 100  # the frames run from green to red, in order
+
+
+def test_only_the_sampled_frames_are_converted(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every frame up to the last sampled one is decoded, but only the sampled ones become images (memory and time
+    stay bounded by the sampled frames, not the clip's length)."""
+    import av
+
+    converted: list[int] = []
+    to_image = av.VideoFrame.to_image
+
+    def counting(frame: av.VideoFrame, *args, **kwargs) -> Image.Image:
+        converted.append(round(frame.time * 10))  # the frame index at 10 fps
+        return to_image(frame, *args, **kwargs)
+
+    monkeypatch.setattr(av.VideoFrame, "to_image", counting)
+    sampled = video.read_video_frames(write_mp4(tmp_path / "long.mp4", 60), nframes=4)
+    assert len(sampled) == 4
+    assert converted == [0, 20, 39, 59]  # linspace(0, 59, 4).round(): the first and last frames and two between
