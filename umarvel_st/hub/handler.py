@@ -208,8 +208,8 @@ def _check_request(data: Any) -> tuple[list[Any], str | None, int]:
     items = inputs if isinstance(inputs, list) else [inputs] if isinstance(inputs, (str, dict)) else None
     if not items:
         raise ValueError(
-            "'inputs' must be a non-empty list of items (strings or objects with 'text' and/or 'image'), or a "
-            f"single item; got {inputs!r:.100}."
+            "'inputs' must be a non-empty list of items (strings, objects with 'text' and/or 'image', or content "
+            f"items {{'content': [parts]}}), or a single item; got {inputs!r:.100}."
         )
     if len(items) > MAX_ITEMS:
         raise ValueError(f"'inputs' has {len(items)} items, more than {MAX_ITEMS} per request; split the request.")
@@ -223,7 +223,7 @@ def _check_request(data: Any) -> tuple[list[Any], str | None, int]:
 
 
 class EndpointHandler:
-    """Embed texts, images and image+text pairs with the U-MARVEL model in ``path``.
+    """Embed texts, images, image+text pairs and verbatim content items with the U-MARVEL model in ``path``.
 
     Args:
         path: The repository folder the endpoint downloaded.
