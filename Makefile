@@ -10,6 +10,8 @@ test:
 bench:
 	python benchmarks/encode_speed.py
 
-# The embedded default ships copies of the modeling code (it must load without umarvel_st); refresh them after a change.
+# The embedded default and its re-ranker ship copies of the modeling code (they must load without umarvel_st);
+# refresh them after a change.
 assets:
 	python -c "import umarvel_st.modeling.remote_code as r, umarvel_st.modeling.encoder as e, umarvel_st.modeling.pooling as p; [r.copy_source(m.__file__, 'umarvel_st/assets/umarvel-demo') for m in (e, p)]"
+	python -c "import umarvel_st.modeling.remote_code as r, umarvel_st.modeling.reranker as k; r.copy_source(k.__file__, 'umarvel_st/assets/umarvel-demo-reranker')"
