@@ -3,9 +3,13 @@ U-MARVEL+ beside retrieval as the evaluator scores it."""
 
 from __future__ import annotations
 
+import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 import umarvel_st
@@ -14,6 +18,7 @@ from umarvel_st.data.mbeir import MBEIRTask
 from umarvel_st.data.synthetic import TASKS, make_synthetic_mbeir
 from umarvel_st.demo import DEFAULT_MODEL, DEFAULT_RERANKER, EXAMPLE_TASKS
 from umarvel_st.evaluation.mbeir_evaluator import MBEIREvaluator
+from umarvel_st.testing import BLOCK_UMARVEL_ST, make_test_image
 
 TINY_RERANKER = Path(umarvel_st.__file__).parent / "assets" / "tiny-rerank-qwen2vl"  # a raw MLLM with its LM head
 
@@ -81,13 +86,57 @@ def test_demo_with_a_reranker_shows_retrieval_and_reranked_recall_as_the_evaluat
     assert _table(capsys.readouterr().out) == rows
 
 
-def test_demo_without_a_reranker_only_retrieves(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
-    assert DEFAULT_RERANKER is None  # the lead sets it when a demo re-ranker ships
+def test_demo_re_ranks_with_the_embedded_reranker_unless_told_not_to(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    assert DEFAULT_RERANKER == Path(umarvel_st.__file__).parent / "assets" / "umarvel-demo-reranker"
     make_synthetic_mbeir(tmp_path / "data", test_queries=1, train_queries=1, pool_size=4, show_progress_bar=False)
     assert main(["demo", "--data", str(tmp_path / "data")]) == 0
     out = capsys.readouterr().out
+    assert f"re-ranker: {DEFAULT_RERANKER}" in out and re.search(r"^task .* retrieval +re-ranked +chance$", out, re.M)
+    assert main(["demo", "--data", str(tmp_path / "data"), "--no-rerank"]) == 0
+    out = capsys.readouterr().out
     assert "re-ranked" not in out and "P(Yes)" not in out
+    with pytest.raises(SystemExit):
+        main(["demo", "--no-rerank", "--rerank", str(TINY_RERANKER)])
+    assert "not allowed with argument" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--rerank 'no/such/folder/x' is not an existing folder"):
         main(["demo", "--data", str(tmp_path / "data"), "--rerank", "no/such/folder/x"])
     with pytest.raises(ValueError, match="rerank_top must be an integer >= 1"):
         main(["demo", "--data", str(tmp_path / "data"), "--rerank", str(TINY_RERANKER), "--rerank-top", "0"])
+
+
+# Runs without umarvel_st: argv = re-ranker folder, pairs.json, output .npy.
+SCORE_SCRIPT = (
+    BLOCK_UMARVEL_ST
+    + r"""
+import json
+import sys
+
+import numpy as np
+from sentence_transformers import CrossEncoder
+
+folder, pairs_file, out = sys.argv[1:]
+pairs = [tuple(pair) for pair in json.load(open(pairs_file))]
+np.save(out, CrossEncoder(folder, trust_remote_code=True).predict(pairs, batch_size=2))
+"""
+)
+
+
+def test_the_embedded_reranker_ships_the_current_code_and_scores_the_same_without_umarvel_st(tmp_path: Path) -> None:
+    modeling = Path(umarvel_st.__file__).parent / "modeling"
+    shipped = sorted(DEFAULT_RERANKER.glob("*.py"))
+    assert "reranker.py" in [file.name for file in shipped]
+    for file in shipped:
+        assert file.read_bytes() == (modeling / file.name).read_bytes(), (
+            f"The embedded re-ranker's {file.name} differs from umarvel_st/modeling/{file.name}; refresh its code "
+            "copies from the repository root with: make assets"
+        )
+    make_test_image(64, 64, seed=3).save(tmp_path / "scene.png")
+    query = {"text": "a picture of a circle in crimson in the middle", "instruction": "Which image shows the shapes?"}
+    pairs = [(query, {"text": "a red circle at the center"}), (query, {"image": str(tmp_path / "scene.png")})]
+    (tmp_path / "pairs.json").write_text(json.dumps(pairs))
+    command = [sys.executable, "-c", SCORE_SCRIPT, str(DEFAULT_RERANKER), str(tmp_path / "pairs.json")]
+    subprocess.run([*command, str(tmp_path / "scores.npy")], check=True, timeout=300)
+    expected = umarvel_st.load_reranker(DEFAULT_RERANKER, device="cpu").predict(pairs, batch_size=2)
+    np.testing.assert_allclose(np.load(tmp_path / "scores.npy"), expected, atol=1e-6)

@@ -6,7 +6,8 @@ of the synthetic M-BEIR-format benchmark (``umarvel make-synthetic``) on 2 CPU c
 and shows a few queries with their top hits. Everything runs offline. Each step prints a line as it starts and
 the long ones (writing the benchmark, encoding) show progress bars, so the first minute is never silent.
 
-U-MARVEL+ (``--rerank RERANKER``, or :data:`DEFAULT_RERANKER` when one ships): the evaluator re-ranks each query's top
+U-MARVEL+ (the embedded :data:`DEFAULT_RERANKER`, another one with ``--rerank RERANKER``, none with ``--no-rerank``):
+the evaluator re-ranks each query's top
 ``--rerank-top`` with the re-ranker, final score = cos + ``--rerank-weight`` * P(Yes) (as ``umarvel eval mbeir
 --rerank``), and the demo shows retrieval and re-ranked Recall side by side and the re-ranked example hits
 (:func:`umarvel_st.retrieve.retrieve_and_rerank`).
@@ -23,8 +24,9 @@ from .retrieve import add_rerank_arguments
 
 ASSETS = Path(__file__).parent / "assets"
 DEFAULT_MODEL = ASSETS / "umarvel-demo"
-#: The re-ranker the demo uses without ``--rerank`` (a folder or Hub id); ``None``: retrieval only.
-DEFAULT_RERANKER: str | Path | None = None
+#: The re-ranker the demo uses without ``--rerank`` (a folder or Hub id); ``None``: retrieval only. The embedded one
+#: barely ranks (see its README); it is there to show U-MARVEL+ end to end.
+DEFAULT_RERANKER: str | Path | None = ASSETS / "umarvel-demo-reranker"
 EXAMPLE_TASKS = ("mscoco_task0", "mscoco_task3", "cirr_task7")
 
 
@@ -101,12 +103,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``umarvel demo``."""
     parser.add_argument("--model", default=str(DEFAULT_MODEL), help="model folder (default: the embedded model)")
     parser.add_argument("--data", default=None, help="synthetic benchmark folder (default: written to the cache)")
-    parser.add_argument(
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument(
         "--rerank",
         default=None,
         help="U-MARVEL+: also re-rank with this re-ranker (saved re-ranker folder, Hub id, or Qwen-VL checkpoint; "
         + ("default: retrieval only)" if DEFAULT_RERANKER is None else f"default: {DEFAULT_RERANKER})"),
     )
+    choice.add_argument("--no-rerank", action="store_true", help="retrieval only, without the default re-ranker")
     add_rerank_arguments(parser)
 
 
@@ -117,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
     from .retrieve import check_rerank_settings
 
     check_model_source(args.model)  # a mistyped --model fails now, not after the benchmark is written
-    rerank = args.rerank if args.rerank is not None else DEFAULT_RERANKER
+    rerank = None if args.no_rerank else args.rerank if args.rerank is not None else DEFAULT_RERANKER
     if rerank is not None:
         check_rerank_settings(args.rerank_top, args.rerank_weight)
         try:
