@@ -17,6 +17,7 @@ ROWS = {
     "stage4_suffix": "stage 4, `summarize_suffix` kept on",
     "stage5": "stage 5 (`distillation`)",
     "umarvel_plus": "U-MARVEL+ (stage 5 + `reranker-plus`, top 50, w 0.1)",
+    "stage3_rerank": "U-MARVEL+ on stage 3 (shipped default + `umarvel-demo-reranker`, top 50, w 0.1)",
 }
 
 
