@@ -7,10 +7,9 @@ and shows a few queries with their top hits. Everything runs offline. Each step 
 the long ones (writing the benchmark, encoding) show progress bars, so the first minute is never silent.
 
 U-MARVEL+ (the embedded :data:`DEFAULT_RERANKER`, another one with ``--rerank RERANKER``, none with ``--no-rerank``):
-the evaluator re-ranks each query's top
-``--rerank-top`` with the re-ranker, final score = cos + ``--rerank-weight`` * P(Yes) (as ``umarvel eval mbeir
---rerank``), and the demo shows retrieval and re-ranked Recall side by side and the re-ranked example hits
-(:func:`umarvel_st.retrieve.retrieve_and_rerank`).
+the evaluator re-ranks each query's top ``--rerank-top`` with the re-ranker, final score = cos +
+``--rerank-weight`` * P(Yes) (as ``umarvel eval mbeir --rerank``), and the demo shows retrieval and re-ranked Recall
+side by side and the re-ranked example hits (:func:`umarvel_st.retrieve.retrieve_and_rerank`).
 """
 
 from __future__ import annotations
