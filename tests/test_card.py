@@ -5,6 +5,7 @@ the card sentence-transformers writes after training a U-MARVEL model."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import re
 import subprocess
@@ -159,6 +160,29 @@ def test_the_card_written_after_training_loads_the_model_as_it_must(trained: Pat
     assert f'model = SentenceTransformer("{TRAINED_REPO_ID}", trust_remote_code=True)' in snippet
     assert f'image_0 = Image.open(hf_hub_download("{TRAINED_REPO_ID}", "assets/image_0.jpg"))' in snippet
     assert "'assets/" not in snippet and "encode_query(queries)" in snippet  # images are opened, not passed as paths
+
+
+def test_the_card_of_a_model_trained_on_mbeir_rows_shows_their_items(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The package's training rows hold items as dicts with unused keys set to None (here a text query with its
+    instruction and image positives). The card's examples are those items, images saved under assets/, and the
+    snippet's similarities are computed; sentence-transformers alone showed None and failed to run the snippet."""
+    from umarvel_st.data.synthetic import make_synthetic_mbeir
+    from umarvel_st.data.training import mbeir_train
+
+    make_synthetic_mbeir(tmp_path / "data", test_queries=1, train_queries=3, pool_size=4, show_progress_bar=False)
+    rows = mbeir_train(tmp_path / "data", tasks=["mscoco_task0"])
+    model = umarvel_st.from_mllm(str(CHECKPOINT))
+    with caplog.at_level(logging.WARNING):
+        model.model_card_data.set_widget_examples(rows)  # what the trainer calls with its training rows
+        model.model_card_data.set_model_id(TRAINED_REPO_ID)
+        model.save(str(tmp_path / "model"))
+    assert [record.getMessage() for record in caplog.records if "snippet" in record.getMessage()] == []
+    (snippet,) = CODE_BLOCK.findall((tmp_path / "model" / "README.md").read_text())
+    assert "None" not in snippet and f"'instruction': '{rows[0]['anchor']['instruction']}'" in snippet
+    assert f'image_0 = Image.open(hf_hub_download("{TRAINED_REPO_ID}", "assets/image_0.jpg"))' in snippet
+    assert "# tensor([[1.0000," in snippet and (tmp_path / "model" / "assets" / "image_0.jpg").is_file()
 
 
 def test_every_code_block_runs_as_written_from_the_hub_cache(cards: dict[str, Any], trained: Path) -> None:

@@ -246,13 +246,46 @@ def _snippet_value(shown: Any, original: Any, images: dict[str, str]) -> str:
     return repr(shown)
 
 
+def _card_item(value: Any) -> Any:
+    """A training row's item as the card's usage examples use it: unused (``None``) keys dropped, an image path
+    opened (it is saved under ``assets/`` with the card), a lone text or image unwrapped."""
+    if not isinstance(value, dict):
+        return value
+    item = {key: part for key, part in value.items() if part is not None}
+    if isinstance(item.get("image"), str) and Path(item["image"]).is_file():
+        item["image"] = Image.open(item["image"])
+    return item[next(iter(item))] if len(item) == 1 and set(item) <= {"text", "image"} else item
+
+
 class UMarvelModelCardData(SentenceTransformerModelCardData):
     """Card data whose usage snippet loads a U-MARVEL model as it must be loaded.
 
     sentence-transformers writes this card on ``save`` and after training (``generate_usage_snippet`` is its
     documented extension point). The snippet passes ``trust_remote_code=True`` (the modeling code ships with the
-    model) and opens the example images saved under ``assets/`` as PIL images from the repository.
+    model) and opens the example images saved under ``assets/`` as PIL images from the repository. The examples come
+    from the training rows as the model reads them (:meth:`set_widget_examples`).
     """
+
+    def set_widget_examples(self, dataset: Any) -> None:
+        """Take the card's usage examples from the training rows.
+
+        The package's rows hold items as dicts (``text``, ``image`` path, ``instruction``; unused keys ``None``).
+        sentence-transformers would keep only each dict's first value, ``None`` for an image-only item, and its
+        usage snippet would then fail. For such rows the examples are the first row's query (the first item column)
+        and the first three rows' candidates (the second item column), with images opened from their paths. There
+        is no inference widget, which takes texts only. Other datasets (text or image columns) keep
+        sentence-transformers' own examples.
+        """
+        from datasets import Dataset, DatasetDict
+
+        rows = next(iter(dataset.values()), None) if isinstance(dataset, DatasetDict) else dataset
+        columns = [c for c, f in rows.features.items() if isinstance(f, dict)] if isinstance(rows, Dataset) else []
+        if len(columns) < 2 or len(rows) == 0:
+            super().set_widget_examples(dataset)
+            return
+        sample = rows.select(range(min(3, len(rows))))
+        self.widget = []
+        self.usage_examples = [_card_item(sample[0][columns[0]]), *(_card_item(row[columns[1]]) for row in sample)]
 
     def generate_usage_snippet(self) -> str:
         """The card's Python usage block (with its fences), runnable once the model is on the Hub."""
