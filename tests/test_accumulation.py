@@ -142,3 +142,23 @@ def test_accumulation_is_validated_and_left_out_of_old_records_at_its_default(tm
         ]
         == 4
     )
+
+
+@pytest.mark.parametrize("checkpointing", [True, False])
+def test_training_arguments_use_the_current_checkpointing_names(checkpointing: bool, tmp_path: Path) -> None:
+    """Both trainers' arguments take activation checkpointing by its current name: the deprecated
+    ``gradient_checkpointing`` names printed a FutureWarning on every stage."""
+    import warnings
+
+    from sentence_transformers import SentenceTransformerTrainingArguments
+    from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
+
+    from umarvel_st.train.runner import training_arguments
+
+    recipe = load_recipe("finetune", [f"stages.0.gradient_checkpointing={str(checkpointing).lower()}"])
+    for args_class in (SentenceTransformerTrainingArguments, CrossEncoderTrainingArguments):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", FutureWarning)
+            args = training_arguments(args_class, recipe, recipe.stages[0], tmp_path, 1)
+        assert args.activation_checkpointing is checkpointing
+        assert args.activation_checkpointing_kwargs == {"use_reentrant": False}
