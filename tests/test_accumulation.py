@@ -146,10 +146,12 @@ def test_accumulation_is_validated_and_left_out_of_old_records_at_its_default(tm
 
 @pytest.mark.parametrize("checkpointing", [True, False])
 def test_training_arguments_use_the_current_checkpointing_names(checkpointing: bool, tmp_path: Path) -> None:
-    """Both trainers' arguments take activation checkpointing by its current name: the deprecated
-    ``gradient_checkpointing`` names printed a FutureWarning on every stage."""
+    """Both trainers' arguments take activation checkpointing by its current name (the deprecated
+    ``gradient_checkpointing`` names printed a FutureWarning on every stage) and pin memory only with CUDA (torch
+    warns on every epoch when there is nothing to pin to)."""
     import warnings
 
+    import torch
     from sentence_transformers import SentenceTransformerTrainingArguments
     from sentence_transformers.cross_encoder import CrossEncoderTrainingArguments
 
@@ -162,3 +164,4 @@ def test_training_arguments_use_the_current_checkpointing_names(checkpointing: b
             args = training_arguments(args_class, recipe, recipe.stages[0], tmp_path, 1)
         assert args.activation_checkpointing is checkpointing
         assert args.activation_checkpointing_kwargs == {"use_reentrant": False}
+        assert args.dataloader_pin_memory is torch.cuda.is_available()

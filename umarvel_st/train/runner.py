@@ -406,6 +406,7 @@ def training_arguments(args_class: type, recipe: Recipe, stage: StageConfig, out
         max_grad_norm=stage.max_grad_norm,
         optim="adamw_torch",
         bf16=torch.cuda.is_available(),
+        dataloader_pin_memory=torch.cuda.is_available(),  # pinning needs an accelerator (a warning per epoch without)
         activation_checkpointing=stage.gradient_checkpointing,
         activation_checkpointing_kwargs={"use_reentrant": False},
         save_strategy="steps",
